@@ -1,0 +1,39 @@
+"""scgeneformer: Geneformer for scverse.
+
+Use it as ``import scgeneformer as sgf``; the submodules ``pp``, ``tl`` and ``pl`` follow scanpy's layering.
+Heavy dependencies (anndata, torch, scvi-tools) are imported on first use, so importing the package is fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+from ._settings import settings
+
+if TYPE_CHECKING:
+    from . import pp
+    from .vocabulary import Vocabulary, get_vocabulary
+
+__all__ = ["Vocabulary", "get_vocabulary", "pp", "settings"]
+
+_LAZY = {
+    "pp": (".pp", None),
+    "Vocabulary": (".vocabulary", "Vocabulary"),
+    "get_vocabulary": (".vocabulary", "get_vocabulary"),
+}
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        msg = f"module 'scgeneformer' has no attribute {name!r}"
+        raise AttributeError(msg)
+    module_name, attribute = _LAZY[name]
+    module = importlib.import_module(module_name, __name__)
+    value = module if attribute is None else getattr(module, attribute)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

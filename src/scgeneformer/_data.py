@@ -1,0 +1,61 @@
+"""Access to the expression matrix of AnnData/MuData objects: modality resolution and chunked reading."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import scipy.sparse as sp
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from anndata import AnnData
+    from mudata import MuData
+
+
+def resolve_adata(data: AnnData | MuData, mod: str = "rna") -> AnnData:
+    """Return ``data`` itself for an AnnData, or its ``mod`` modality for a MuData."""
+    from anndata import AnnData
+
+    if isinstance(data, AnnData):
+        return data
+    mods = getattr(data, "mod", None)
+    if mods is not None:
+        if mod not in mods:
+            msg = f"MuData has no modality {mod!r}; available: {list(mods)}. Pass `mod=`."
+            raise KeyError(msg)
+        return mods[mod]
+    msg = f"Expected an AnnData or MuData, got {type(data).__name__}."
+    raise TypeError(msg)
+
+
+def get_matrix(adata: AnnData, layer: str | None):
+    """The expression matrix (``X`` or a layer) without loading it."""
+    if layer is None:
+        if adata.X is None:
+            msg = "adata.X is empty; pass `layer=` with the raw counts."
+            raise ValueError(msg)
+        return adata.X
+    if layer not in adata.layers:
+        msg = f"Layer {layer!r} not found; available layers: {list(adata.layers)}."
+        raise KeyError(msg)
+    return adata.layers[layer]
+
+
+def iter_row_chunks(X, chunk_size: int) -> Iterator[tuple[int, int, sp.csr_matrix]]:
+    """Yield ``(start, stop, csr_chunk)`` over rows of an in-memory, backed (h5py/zarr) or dask matrix.
+
+    Only one chunk is in memory at a time; dense and CSC chunks are converted to CSR.
+    """
+    n_obs = X.shape[0]
+    for start in range(0, n_obs, chunk_size):
+        stop = min(start + chunk_size, n_obs)
+        chunk = X[start:stop]
+        if hasattr(chunk, "compute"):  # dask
+            chunk = chunk.compute()
+        if sp.issparse(chunk):
+            chunk = sp.csr_matrix(chunk)
+        else:
+            chunk = sp.csr_matrix(np.asarray(chunk))
+        yield start, stop, chunk

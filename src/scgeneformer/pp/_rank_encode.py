@@ -1,0 +1,337 @@
+"""``sgf.pp.rank_encode``: Geneformer's rank-value encoding of an AnnData, stored in the AnnData itself."""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from typing import TYPE_CHECKING
+
+import numpy as np
+import scipy.sparse as sp
+
+from .._data import get_matrix, iter_row_chunks, resolve_adata
+from .._settings import logger
+from ..vocabulary import Vocabulary, get_vocabulary
+from ._gene_plan import GenePlan
+from ._ranking import rank_chunk
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+    from mudata import MuData
+
+#: Share of counts in vocabulary genes below which a warning suggests checking the gene identifiers.
+LOW_MAPPED_SHARE = 0.5
+
+
+def encoding_keys(key_added: str) -> dict[str, str]:
+    """Names of the keys :func:`rank_encode` writes for ``key_added``."""
+    return {
+        "ranks": f"{key_added}_ranks",
+        "token": f"{key_added}_token",
+        "n_tokens": f"{key_added}_n_tokens",
+        "uns": key_added,
+    }
+
+
+def rank_encode(
+    data: AnnData | MuData,
+    *,
+    vocabulary: str | Vocabulary | os.PathLike = "V2",
+    gene_id_key: str | None = None,
+    layer: str | None = None,
+    n_counts_key: str | None = None,
+    filter_key: str | None = None,
+    key_added: str = "geneformer",
+    mod: str = "rna",
+    allow_non_integer: bool = False,
+    reference_quirks: bool = False,
+    chunk_size: int = 4096,
+    copy: bool = False,
+) -> AnnData | MuData | None:
+    """Rank-value encode cells for Geneformer.
+
+    Each cell's raw counts are normalized to ``count / n_counts * 10,000 / median``, where ``median`` is the gene's
+    non-zero median over the pretraining corpus; the expressed vocabulary genes are ranked by descending normalized
+    value and the top ``vocabulary.max_genes`` are kept (2,048 in V1; 4,094 in V2, which wraps every cell in
+    ``<cls>`` … ``<eos>``). Use :func:`~scgeneformer.pp.input_ids` to get the token sequences.
+
+    Parameters
+    ----------
+    data
+        Raw counts: an :class:`~anndata.AnnData` (in memory, backed or dask-backed) or a :class:`~mudata.MuData`
+        whose ``mod`` modality holds them.
+    vocabulary
+        ``"V1"`` (Geneformer-V1-10M and other 2,048-input models), ``"V2"`` (V2-104M, V2-316M and other 4,096-input
+        models), a :class:`~scgeneformer.Vocabulary` or a folder holding one version's four upstream dictionary files.
+    gene_id_key
+        ``.var`` column with the gene identifiers; ``None`` uses ``var_names``. Ensembl IDs (with or without version
+        suffix, any case) and gene symbols are accepted. Several columns mapping to one gene are summed.
+    layer
+        Layer with the raw counts; ``None`` uses ``X``.
+    n_counts_key
+        ``.obs`` column with each cell's total counts. By default the total over *all* genes of the matrix is used.
+        The two differ when genes were removed before encoding (e.g. after selecting highly variable genes) or when
+        the counts were ambient-corrected: pass the original totals here to reproduce an encoding made on the
+        unfiltered matrix, as the reference (which always reads ``obs["n_counts"]``) does.
+    filter_key
+        Boolean (or 0/1) ``.obs`` column; only cells where it is true are encoded, like the reference's
+        ``filter_pass``.
+    key_added
+        Prefix of the keys written (see below).
+    mod
+        Modality used when ``data`` is a MuData.
+    allow_non_integer
+        Accept non-integer values (e.g. corrected or estimated counts). Without it they are refused, because
+        normalized or log-transformed data silently give wrong ranks.
+    reference_quirks
+        Reproduce the reference tokenizer exactly, bugs included: identifiers mapped only through the Ensembl
+        mapping (version-suffixed IDs dropped, the string ``"nan"`` taken as a gene), duplicated genes summed only
+        when the reference's collapse check triggers (never in V1), and its float32 normalization order. The
+        default maps symbols and versioned IDs, always sums duplicates, computes in float64 and breaks exact ties by
+        token id.
+    chunk_size
+        Cells read and encoded at a time; memory use does not grow with the number of cells.
+    copy
+        Return an encoded copy instead of writing into ``data``.
+
+    Returns
+    -------
+    ``None``, or the encoded copy when ``copy=True``. Written keys, with ``key_added="geneformer"``:
+
+    ``layers["geneformer_ranks"]``
+        Sparse int16 matrix: the 1-based rank of each kept gene in its cell, 0 elsewhere. For a backed AnnData
+        opened with ``backed="r+"`` it is written into the file and stays on disk.
+    ``var["geneformer_token"]``
+        Token id of each gene, -1 outside the vocabulary.
+    ``obs["geneformer_n_tokens"]``
+        Sequence length including special tokens; 0 for cells that were filtered out or express no vocabulary gene.
+    ``uns["geneformer"]``
+        Parameters and mapping statistics.
+    """
+    start_time = time.perf_counter()
+    if copy:
+        data = data.copy()
+    adata = resolve_adata(data, mod)
+    if adata.is_view:
+        msg = "rank_encode cannot write into a view of an AnnData; call `.copy()` on it first."
+        raise ValueError(msg)
+    vocab = get_vocabulary(vocabulary)
+    matrix = get_matrix(adata, layer)
+    gene_ids = _gene_ids(adata, gene_id_key)
+    plan = GenePlan.build(gene_ids, vocab, reference_quirks=reference_quirks)
+    n_mapped = int((plan.var_token >= 0).sum())
+    if n_mapped == 0:
+        example = ", ".join(map(str, list(gene_ids[:3])))
+        msg = (
+            f"None of the {adata.n_vars} gene identifiers (e.g. {example}) is in the {vocab.version} vocabulary. "
+            "Pass `gene_id_key=` naming a .var column of Ensembl IDs or gene symbols of human genes."
+        )
+        raise ValueError(msg)
+    user_n_counts = _obs_numeric(adata, n_counts_key) if n_counts_key is not None else None
+    passes_filter = _obs_filter(adata, filter_key) if filter_key is not None else np.ones(adata.n_obs, dtype=bool)
+    if reference_quirks and user_n_counts is None:
+        logger.info("reference_quirks without n_counts_key: using the total counts over all genes as n_counts.")
+
+    sink = _RankSink.for_adata(adata, encoding_keys(key_added)["ranks"], n_vars=adata.n_vars)
+    lengths = np.zeros(adata.n_obs, dtype=np.int32)
+    n_truncated = 0
+    total_counts = counts_in_vocabulary = 0.0
+    for start, stop, chunk in iter_row_chunks(matrix, chunk_size):
+        _validate_counts(chunk, adata, allow_non_integer=allow_non_integer)
+        row_totals = np.asarray(chunk.sum(axis=1, dtype=np.float64)).ravel()
+        n_counts = user_n_counts[start:stop] if user_n_counts is not None else row_totals
+        selected = passes_filter[start:stop]
+        if not selected.all():
+            chunk = sp.csr_matrix(chunk.multiply(selected[:, None]))
+        ranked = rank_chunk(chunk, n_counts, plan, max_genes=vocab.max_genes, reference_quirks=reference_quirks)
+        has_genes = ranked.n_genes_untruncated > 0
+        _check_n_counts(n_counts, has_genes, start, adata)
+        total_counts += row_totals[selected].sum()
+        counts_in_vocabulary += ranked.counts_in_vocabulary
+        n_kept = np.diff(ranked.indptr)
+        lengths[start:stop] = np.where(n_kept > 0, n_kept + vocab.n_special, 0)
+        n_truncated += int((ranked.n_genes_untruncated > vocab.max_genes).sum())
+        positions = np.arange(len(ranked.group)) - np.repeat(ranked.indptr[:-1], n_kept)
+        ranks = sp.csr_matrix(
+            ((positions + 1).astype(np.int16), plan.group_var[ranked.group], ranked.indptr),
+            shape=(stop - start, adata.n_vars),
+        )
+        ranks.sort_indices()
+        sink.append(ranks)
+
+    encoded = lengths > 0
+    n_empty = int((passes_filter & ~encoded).sum())
+    mapped_share = counts_in_vocabulary / total_counts if total_counts > 0 else 0.0
+    if not encoded.any():
+        sink.discard()
+        msg = "No cell expresses any vocabulary gene; check `gene_id_key` and that the matrix holds raw counts."
+        raise ValueError(msg)
+    _log_summary(vocab, plan, adata.n_vars, n_mapped, mapped_share, n_empty, passes_filter, n_truncated)
+
+    keys = encoding_keys(key_added)
+    adata.layers[keys["ranks"]] = sink.finish()
+    adata.var[keys["token"]] = plan.var_token
+    adata.obs[keys["n_tokens"]] = lengths
+    adata.uns[keys["uns"]] = {
+        "params": {
+            "vocabulary": vocab.version,
+            "vocabulary_source": vocab.source,
+            "input_size": vocab.input_size,
+            "cls_id": -1 if vocab.cls_id is None else vocab.cls_id,
+            "eos_id": -1 if vocab.eos_id is None else vocab.eos_id,
+            "gene_id_key": gene_id_key or "var_names",
+            "layer": layer or "X",
+            "n_counts_key": n_counts_key or "total counts over all genes",
+            "filter_key": filter_key or "",
+            "reference_quirks": reference_quirks,
+            "allow_non_integer": allow_non_integer,
+        },
+        "n_genes_in_vocabulary": n_mapped,
+        "share_of_counts_in_vocabulary": mapped_share,
+        "n_cells_encoded": int(encoded.sum()),
+        "n_cells_empty": n_empty,
+        "n_cells_filtered": int((~passes_filter).sum()),
+        "n_cells_truncated": n_truncated,
+    }
+    logger.info("rank_encode: %d cells in %.2f s", adata.n_obs, time.perf_counter() - start_time)
+    return data if copy else None
+
+
+def _gene_ids(adata: AnnData, gene_id_key: str | None) -> np.ndarray:
+    if gene_id_key is None:
+        return adata.var_names.to_numpy(dtype=object)
+    if gene_id_key not in adata.var.columns:
+        msg = f"gene_id_key {gene_id_key!r} is not a .var column; available: {list(adata.var.columns)}."
+        raise KeyError(msg)
+    return adata.var[gene_id_key].to_numpy(dtype=object)
+
+
+def _obs_numeric(adata: AnnData, key: str) -> np.ndarray:
+    if key not in adata.obs.columns:
+        msg = f"n_counts_key {key!r} is not an .obs column; available: {list(adata.obs.columns)}."
+        raise KeyError(msg)
+    values = adata.obs[key].to_numpy()
+    if values.dtype.kind not in "iuf":
+        msg = f"obs[{key!r}] must be numeric total counts, got dtype {values.dtype}."
+        raise TypeError(msg)
+    return values
+
+
+def _obs_filter(adata: AnnData, key: str) -> np.ndarray:
+    if key not in adata.obs.columns:
+        msg = f"filter_key {key!r} is not an .obs column; available: {list(adata.obs.columns)}."
+        raise KeyError(msg)
+    values = adata.obs[key].to_numpy()
+    if values.dtype.kind not in "biuf":
+        msg = f"obs[{key!r}] must be boolean or 0/1, got dtype {values.dtype}."
+        raise TypeError(msg)
+    return values == 1
+
+
+def _validate_counts(chunk: sp.csr_matrix, adata: AnnData, *, allow_non_integer: bool) -> None:
+    values = chunk.data
+    if values.dtype.kind not in "iuf":
+        msg = f"Expression values must be numeric, got dtype {values.dtype}."
+        raise TypeError(msg)
+    if values.dtype.kind == "f" and not np.isfinite(values).all():
+        msg = "The count matrix contains NaN or infinite values; pass raw counts."
+        raise ValueError(msg)
+    if values.size and values.min() < 0:
+        msg = "The count matrix contains negative values (scaled or corrected data?); pass raw counts."
+        raise ValueError(msg)
+    if allow_non_integer or values.dtype.kind != "f" or not values.size:
+        return
+    if np.any(values != np.round(values)):
+        looks_log = "log1p" in adata.uns or values.max() < 20
+        hint = (
+            "It looks log-normalized: pass the raw counts instead, e.g. `layer='counts'` or `adata.raw.to_adata()`."
+            if looks_log
+            else "Pass raw counts, or `allow_non_integer=True` if the values are genuine non-integer counts."
+        )
+        msg = f"The count matrix holds non-integer values. {hint}"
+        raise ValueError(msg)
+
+
+def _check_n_counts(n_counts: np.ndarray, has_genes: np.ndarray, start: int, adata: AnnData) -> None:
+    bad = has_genes & ~(np.isfinite(n_counts) & (n_counts > 0))
+    if bad.any():
+        cells = adata.obs_names[start + np.flatnonzero(bad)[:3]].tolist()
+        msg = f"n_counts must be positive and finite for cells with counts; invalid for {cells}."
+        raise ValueError(msg)
+
+
+def _log_summary(vocab, plan, n_vars, n_mapped, mapped_share, n_empty, passes_filter, n_truncated) -> None:
+    logger.info(
+        "%d of %d genes (%d tokens) are in the %s vocabulary, holding %.1f%% of the counts.",
+        n_mapped,
+        n_vars,
+        len(np.unique(plan.group_token)),
+        vocab.version,
+        100 * mapped_share,
+    )
+    if mapped_share < LOW_MAPPED_SHARE:
+        warnings.warn(
+            f"Only {100 * mapped_share:.1f}% of the counts are in genes of the {vocab.version} vocabulary; check that "
+            "`gene_id_key` names human Ensembl IDs or symbols and that all genes (no feature selection) are present.",
+            UserWarning,
+            stacklevel=3,
+        )
+    if n_empty:
+        warnings.warn(
+            f"{n_empty} cells express no vocabulary gene and were not encoded (n_tokens = 0).",
+            UserWarning,
+            stacklevel=3,
+        )
+    if (~passes_filter).any():
+        logger.info("%d cells were excluded by filter_key.", int((~passes_filter).sum()))
+    if n_truncated:
+        logger.info("%d cells were truncated to %d genes.", n_truncated, vocab.max_genes)
+
+
+class _RankSink:
+    """Collects the rank matrix chunk by chunk: in memory, or on disk inside a writable backed h5ad file."""
+
+    def __init__(self, n_vars: int, group=None, final_name: str | None = None) -> None:
+        self.n_vars = n_vars
+        self.group = group
+        self.final_name = final_name
+        self.name = None if final_name is None else f"{final_name}__sgf_partial"
+        self.parts: list[sp.csr_matrix] = []
+        self.dataset = None
+
+    @classmethod
+    def for_adata(cls, adata: AnnData, name: str, *, n_vars: int) -> _RankSink:
+        file_manager = adata.file
+        if adata.isbacked and getattr(file_manager, "_filemode", None) == "r+":
+            return cls(n_vars, group=file_manager._file, final_name=f"layers/{name}")
+        return cls(n_vars)
+
+    def append(self, chunk: sp.csr_matrix) -> None:
+        if self.group is None:
+            self.parts.append(chunk)
+            return
+        from anndata.io import sparse_dataset, write_elem
+
+        if self.dataset is None:
+            if self.name in self.group:
+                del self.group[self.name]
+            write_elem(self.group, self.name, chunk)
+            self.dataset = sparse_dataset(self.group[self.name])
+        else:
+            self.dataset.append(chunk)
+
+    def discard(self) -> None:
+        if self.group is not None and self.name in self.group:
+            del self.group[self.name]
+
+    def finish(self):
+        if self.group is None:
+            return sp.vstack(self.parts, format="csr") if self.parts else sp.csr_matrix((0, self.n_vars), dtype=np.int16)
+        from anndata.io import sparse_dataset
+
+        # Move the finished matrix to its final place only now, so a failed run leaves the file as it was.
+        if self.final_name in self.group:
+            del self.group[self.final_name]
+        self.group.move(self.name, self.final_name)
+        return sparse_dataset(self.group[self.final_name])
