@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import scipy.sparse as sp
 
-from .._data import get_matrix, iter_row_chunks, resolve_adata
+from .._data import default_n_jobs, get_matrix, iter_row_chunks, ordered_parallel_map, resolve_adata
 from .._settings import logger
 from ..vocabulary import Vocabulary, get_vocabulary
 from ._gene_plan import GenePlan
@@ -46,7 +46,8 @@ def rank_encode(
     mod: str = "rna",
     allow_non_integer: bool = False,
     reference_quirks: bool = False,
-    chunk_size: int = 4096,
+    chunk_size: int = 2048,
+    n_jobs: int | None = None,
     copy: bool = False,
 ) -> AnnData | MuData | None:
     """Rank-value encode cells for Geneformer.
@@ -92,6 +93,8 @@ def rank_encode(
         token id.
     chunk_size
         Cells read and encoded at a time; memory use does not grow with the number of cells.
+    n_jobs
+        Threads encoding chunks in parallel; ``None`` uses every available core.
     copy
         Return an encoded copy instead of writing into ``data``.
 
@@ -133,32 +136,37 @@ def rank_encode(
     if reference_quirks and user_n_counts is None:
         logger.info("reference_quirks without n_counts_key: using the total counts over all genes as n_counts.")
 
-    sink = _RankSink.for_adata(adata, encoding_keys(key_added)["ranks"], n_vars=adata.n_vars)
-    lengths = np.zeros(adata.n_obs, dtype=np.int32)
-    n_truncated = 0
-    total_counts = counts_in_vocabulary = 0.0
-    for start, stop, chunk in iter_row_chunks(matrix, chunk_size):
+    def encode_chunk(item):
+        start, stop, chunk = item
         _validate_counts(chunk, adata, allow_non_integer=allow_non_integer)
         row_totals = np.asarray(chunk.sum(axis=1, dtype=np.float64)).ravel()
         n_counts = user_n_counts[start:stop] if user_n_counts is not None else row_totals
         selected = passes_filter[start:stop]
         if not selected.all():
             chunk = sp.csr_matrix(chunk.multiply(selected[:, None]))
-        ranked = rank_chunk(chunk, n_counts, plan, max_genes=vocab.max_genes, reference_quirks=reference_quirks)
-        has_genes = ranked.n_genes_untruncated > 0
-        _check_n_counts(n_counts, has_genes, start, adata)
-        total_counts += row_totals[selected].sum()
-        counts_in_vocabulary += ranked.counts_in_vocabulary
-        n_kept = np.diff(ranked.indptr)
-        lengths[start:stop] = np.where(n_kept > 0, n_kept + vocab.n_special, 0)
-        n_truncated += int((ranked.n_genes_untruncated > vocab.max_genes).sum())
-        positions = np.arange(len(ranked.group)) - np.repeat(ranked.indptr[:-1], n_kept)
-        ranks = sp.csr_matrix(
-            ((positions + 1).astype(np.int16), plan.group_var[ranked.group], ranked.indptr),
-            shape=(stop - start, adata.n_vars),
-        )
-        ranks.sort_indices()
-        sink.append(ranks)
+        ranked = rank_chunk(chunk, n_counts, plan, reference_quirks=reference_quirks)
+        _check_n_counts(n_counts, ranked.n_genes_untruncated > 0, start, adata)
+        ranks = _kept_ranks(ranked, plan, vocab.max_genes, n_vars=adata.n_vars)
+        return start, stop, ranks, ranked.n_genes_untruncated, row_totals[selected].sum(), ranked.counts_in_vocabulary
+
+    sink = _RankSink.for_adata(adata, encoding_keys(key_added)["ranks"], n_vars=adata.n_vars)
+    lengths = np.zeros(adata.n_obs, dtype=np.int32)
+    n_truncated = 0
+    total_counts = counts_in_vocabulary = 0.0
+    chunks = iter_row_chunks(matrix, chunk_size)
+    try:
+        for start, stop, ranks, n_genes, chunk_total, chunk_in_vocabulary in ordered_parallel_map(
+            encode_chunk, chunks, n_jobs or default_n_jobs()
+        ):
+            n_kept = np.minimum(n_genes, vocab.max_genes)
+            lengths[start:stop] = np.where(n_kept > 0, n_kept + vocab.n_special, 0)
+            n_truncated += int((n_genes > vocab.max_genes).sum())
+            total_counts += chunk_total
+            counts_in_vocabulary += chunk_in_vocabulary
+            sink.append(ranks)
+    except BaseException:
+        sink.discard()
+        raise
 
     encoded = lengths > 0
     n_empty = int((passes_filter & ~encoded).sum())
@@ -196,6 +204,17 @@ def rank_encode(
     }
     logger.info("rank_encode: %d cells in %.2f s", adata.n_obs, time.perf_counter() - start_time)
     return data if copy else None
+
+
+def _kept_ranks(ranked, plan: GenePlan, max_genes: int, *, n_vars: int) -> sp.csr_matrix:
+    """1-based ranks of the kept genes, on the cells × genes grid (at each group's first column)."""
+    grouped = ranked.grouped
+    kept = ranked.rank < max_genes
+    indptr = np.concatenate([[0], np.cumsum(kept)])[grouped.indptr]
+    return sp.csr_matrix(
+        ((ranked.rank[kept] + 1).astype(np.int16), plan.group_var[grouped.indices[kept]], indptr),
+        shape=(grouped.shape[0], n_vars),
+    )
 
 
 def _gene_ids(adata: AnnData, gene_id_key: str | None) -> np.ndarray:
