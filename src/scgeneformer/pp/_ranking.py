@@ -60,7 +60,8 @@ def normalize(grouped: sp.csr_matrix, n_counts: np.ndarray, plan: GenePlan, *, r
     """
     rows = np.repeat(np.arange(grouped.shape[0]), np.diff(grouped.indptr))
     if reference_quirks:
-        reciprocal = (1 / n_counts).astype(n_counts.dtype if n_counts.dtype.kind == "f" else np.float64)
+        with np.errstate(divide="ignore"):  # cells with n_counts 0 have no entries here
+            reciprocal = (1 / n_counts).astype(n_counts.dtype if n_counts.dtype.kind == "f" else np.float64)
         dtype = np.result_type(grouped.data.dtype, reciprocal.dtype)
         scaled = (grouped.data.astype(dtype) * reciprocal[rows].astype(dtype)) * dtype.type(TARGET_SUM)
         return scaled.astype(np.float64) * (1 / plan.group_median)[grouped.indices]

@@ -1,0 +1,92 @@
+"""Shared fixtures: a synthetic vocabulary (always available) and the real shared data (skipped when absent)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from scgeneformer import Vocabulary
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("SGF_SHARED_DIR", PROJECT_ROOT.parent / "shared"))
+SHARED_REASON = f"needs the shared data folder {SHARED} (set SGF_SHARED_DIR to where it lives)"
+N_FAKE_GENES = 4200
+
+
+def shared_path(*parts: str) -> Path:
+    """A path inside the shared data folder; skips the test when it is missing."""
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(SHARED_REASON)
+    return path
+
+
+def fake_gene_id(i: int) -> str:
+    return f"ENSG{i:011d}"
+
+
+def make_vocabulary(version: str = "V2", seed: int = 0) -> Vocabulary:
+    """A synthetic vocabulary of ``N_FAKE_GENES`` genes with random medians, shaped like the real ones."""
+    rng = np.random.default_rng(seed)
+    specials = ["<pad>", "<mask>", "<cls>", "<eos>"] if version == "V2" else ["<pad>", "<mask>"]
+    genes = [fake_gene_id(i) for i in range(1, N_FAKE_GENES + 1)]
+    tokens = {name: i for i, name in enumerate(specials + genes)}
+    medians = dict(zip(genes, rng.uniform(0.1, 50, len(genes)).tolist(), strict=True))
+    symbols = {f"GENE{i}": fake_gene_id(i) for i in range(1, N_FAKE_GENES + 1)}
+    mapping = {g: g for g in genes}
+    if version == "V2":
+        mapping |= {s.upper(): g for s, g in symbols.items()}
+    return Vocabulary(version, tokens, medians, symbols, mapping, source="synthetic")
+
+
+@pytest.fixture(params=["V1", "V2"])
+def vocab(request) -> Vocabulary:
+    return make_vocabulary(request.param)
+
+
+@pytest.fixture
+def vocab_v2() -> Vocabulary:
+    return make_vocabulary("V2")
+
+
+def make_counts(n_obs: int = 30, n_vars: int = 300, *, seed: int = 0, density: float = 0.3) -> ad.AnnData:
+    """Raw integer counts over the first ``n_vars`` fake genes, plus two genes outside the vocabulary."""
+    rng = np.random.default_rng(seed)
+    X = sp.random(n_obs, n_vars, density=density, format="csr", random_state=rng, dtype=np.float32)
+    X.data = rng.integers(1, 200, X.nnz).astype(np.float32)
+    extra = sp.csr_matrix(rng.integers(0, 5, (n_obs, 2)).astype(np.float32))
+    X = sp.hstack([X, extra], format="csr")
+    var_names = [fake_gene_id(i) for i in range(1, n_vars + 1)] + ["NOT_A_GENE", "ENSG99999999999"]
+    return ad.AnnData(X, obs={"obs_names": [f"cell{i}" for i in range(n_obs)]}, var={"var_names": var_names})
+
+
+@pytest.fixture
+def adata() -> ad.AnnData:
+    return make_counts()
+
+
+def expected_tokens(adata: ad.AnnData, vocab: Vocabulary, *, n_counts=None) -> list[np.ndarray]:
+    """Straightforward per-cell reference implementation used to check the vectorised one."""
+    X = sp.csr_matrix(adata.X)
+    tokens = vocab.map_gene_ids(adata.var_names)
+    totals = np.asarray(X.sum(axis=1)).ravel() if n_counts is None else n_counts
+    out = []
+    for i in range(adata.n_obs):
+        row = X[i].toarray().ravel().astype(np.float64)
+        summed: dict[int, float] = {}
+        for j in np.flatnonzero((row > 0) & (tokens >= 0)):
+            summed[int(tokens[j])] = summed.get(int(tokens[j]), 0.0) + row[j]
+        if not summed:
+            out.append(np.array([], dtype=np.int32))
+            continue
+        items = sorted(summed.items(), key=lambda kv: (-(kv[1] / totals[i] * 1e4 / vocab.token_medians[kv[0]]), kv[0]))
+        genes = [t for t, _ in items][: vocab.max_genes]
+        if vocab.has_special_tokens:
+            genes = [vocab.cls_id, *genes, vocab.eos_id]
+        out.append(np.asarray(genes, dtype=np.int32))
+    return out
