@@ -12,13 +12,14 @@ from typing import TYPE_CHECKING
 from ._settings import settings
 
 if TYPE_CHECKING:
-    from . import pp
+    from . import datasets, pp
     from .vocabulary import Vocabulary, get_vocabulary
 
-__all__ = ["Vocabulary", "get_vocabulary", "pp", "settings"]
+__all__ = ["Vocabulary", "datasets", "get_vocabulary", "pp", "settings"]
 
 _LAZY = {
     "pp": (".pp", None),
+    "datasets": (".datasets", None),
     "Vocabulary": (".vocabulary", "Vocabulary"),
     "get_vocabulary": (".vocabulary", "get_vocabulary"),
 }

@@ -107,3 +107,31 @@ def fetch(file: RemoteFile, *, progressbar: bool = False) -> Path:
             f"another machine and place it at {Path(settings.cache_dir) / file.path}, or pass a local folder."
         )
         raise DownloadError(msg) from e
+
+
+def seed_cache(folder: str | Path) -> list[Path]:
+    """Copy published files found anywhere below ``folder`` into the cache, if their sha256 matches.
+
+    This makes :class:`~scgeneformer.Vocabulary` and checkpoints available offline, e.g. from a copy of the files
+    made on another machine. Files whose content differs from the published one are ignored.
+    """
+    import hashlib
+    import shutil
+
+    folder = Path(folder)
+    wanted = {Path(f.path).name: f for files in DICTIONARY_FILES.values() for f in files.values()}
+    seeded = []
+    for candidate in sorted(folder.rglob("*")):
+        remote = wanted.get(candidate.name)
+        if remote is None or not candidate.is_file() or candidate.stat().st_size != remote.size:
+            continue
+        target = Path(settings.cache_dir) / remote.path
+        if target.is_file() and target.stat().st_size == remote.size:
+            continue
+        if hashlib.sha256(candidate.read_bytes()).hexdigest() != remote.sha256:
+            logger.warning("%s differs from the published %s; not seeded.", candidate, remote.path)
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(candidate, target)
+        seeded.append(target)
+    return seeded

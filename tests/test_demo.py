@@ -1,0 +1,31 @@
+import pytest
+from helpers import shared_path
+
+import scgeneformer as sgf
+from scgeneformer.demo import main
+
+
+def test_bundled_example():
+    adata = sgf.datasets.pbmc_example()
+    assert adata.n_obs == 134 and "ensembl_id" in adata.var and adata.X.dtype.kind == "i"
+
+
+def test_demo_runs_offline_from_seeded_cache(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sgf.settings, "_cache_dir", tmp_path)
+    monkeypatch.setattr(sgf.settings, "_hub_url", "http://127.0.0.1:9/")  # any download attempt would fail
+    main(["demo", "--vocabulary", "V1", "--local-files", str(shared_path("data", "dictionaries"))])
+    out = capsys.readouterr().out
+    assert "seeded 8 published files" in out and "134 cells encoded" in out
+
+
+def test_seed_cache_ignores_files_with_other_content(tmp_path, monkeypatch):
+    from scgeneformer._registry import DICTIONARY_FILES, seed_cache
+
+    monkeypatch.setattr(sgf.settings, "_cache_dir", tmp_path / "cache")
+    remote = DICTIONARY_FILES["V1"]["token_dictionary"]
+    fake = tmp_path / "src" / "token_dictionary_gc30M.pkl"
+    fake.parent.mkdir()
+    fake.write_bytes(b"x" * remote.size)
+    assert seed_cache(tmp_path / "src") == []
+    with pytest.raises(FileNotFoundError):
+        (tmp_path / "cache" / remote.path).stat()
