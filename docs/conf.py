@@ -26,7 +26,7 @@ ROOT = HERE.parent
 
 project = "scgeneformer"
 author = "scgeneformer developers"
-copyright = f"{date.today().year}, {author}"  # noqa: A001
+copyright = f"{date.today().year}, {author}"
 release = _version("scgeneformer")
 version = release
 
@@ -119,20 +119,3 @@ def _copy_tutorials() -> None:
 
 
 _copy_tutorials()
-
-
-# -- Changelog -------------------------------------------------------------------------------------------------
-# ``changelog.md`` includes ``../CHANGELOG.md``. Until that file exists, the page says so instead of failing the
-# build on a missing include.
-
-
-def _changelog_placeholder(app, docname: str, source: list[str]) -> None:
-    if docname == "changelog" and not (ROOT / "CHANGELOG.md").is_file():
-        from sphinx.util import logging
-
-        logging.getLogger(__name__).info("CHANGELOG.md not found at the project root; the changelog page is a stub.")
-        source[0] = "# Changelog\n\nNo `CHANGELOG.md` in this source tree yet.\n"
-
-
-def setup(app):
-    app.connect("source-read", _changelog_placeholder)
