@@ -86,7 +86,9 @@ def test_default_equals_reference_on_clean_data():
     """Unique Ensembl IDs and integer counts: the default encoding is the reference's, cell for cell."""
     adata, golden = encode_like_reference("A", "V1")
     positions = adata.obs_names.get_indexer(golden["obs_names"])
-    for i, (seq, (_, _, ref, _)) in enumerate(zip(sgf.pp.input_ids(adata, positions), golden_cells(golden), strict=True)):
+    for i, (seq, (_, _, ref, _)) in enumerate(
+        zip(sgf.pp.input_ids(adata, positions), golden_cells(golden), strict=True)
+    ):
         assert np.array_equal(seq, ref), i
 
 

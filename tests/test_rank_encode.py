@@ -89,7 +89,13 @@ def test_empty_cells_are_reported(vocab_v2):
         (lambda a: a.X.data.__setitem__(0, np.nan), ValueError, "NaN"),
         (lambda a: setattr(a, "X", sp.csr_matrix(np.log1p(a.X.toarray()))), ValueError, "log-normalized"),
         (lambda a: setattr(a, "X", a.X * 1.37), ValueError, "allow_non_integer"),
-        (lambda a: a.var_names.__setattr__("name", None) or setattr(a, "var_names", [f"x{i}" for i in range(a.n_vars)]), ValueError, "None of the"),
+        (
+            lambda a: (
+                a.var_names.__setattr__("name", None) or setattr(a, "var_names", [f"x{i}" for i in range(a.n_vars)])
+            ),
+            ValueError,
+            "None of the",
+        ),
     ],
 )
 def test_bad_input_is_refused_before_any_change(adata, vocab_v2, mutate, error, match):
@@ -163,7 +169,9 @@ def test_backed_file(adata, vocab_v2, tmp_path, mode):
         assert not sp.issparse(backed.layers["geneformer_ranks"])
         backed.file.close()
         reread = ad.read_h5ad(path)
-        np.testing.assert_array_equal(reread.layers["geneformer_ranks"].toarray(), adata.layers["geneformer_ranks"].toarray())
+        np.testing.assert_array_equal(
+            reread.layers["geneformer_ranks"].toarray(), adata.layers["geneformer_ranks"].toarray()
+        )
 
 
 def test_survives_h5ad_and_cell_subsetting(adata, vocab_v2, tmp_path):

@@ -95,7 +95,7 @@ class Vocabulary:
                     msg = f"{path} is a Git LFS pointer, not the dictionary itself; fetch the real file."
                     raise ValueError(msg)
                 f.seek(0)
-                loaded[role] = pickle.load(f)  # noqa: S301 - upstream format; downloads are sha256-checked
+                loaded[role] = pickle.load(f)
         tokens = {str(k): int(v) for k, v in loaded["token_dictionary"].items()}
         has_cls = "<cls>" in tokens and "<eos>" in tokens
         if has_cls != (version == "V2"):

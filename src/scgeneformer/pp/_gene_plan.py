@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
 from ..vocabulary import Vocabulary
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class GenePlan:
     """Maps the columns of a count matrix onto ranked units ("groups").
 
@@ -46,6 +47,15 @@ class GenePlan:
     @property
     def n_groups(self) -> int:
         return len(self.group_token)
+
+    @cached_property
+    def column_code(self) -> np.ndarray:
+        """Per column: its group if it is the group's first column, ``-2 - group`` for other columns of a group,
+        and ``-1`` outside the vocabulary (one lookup classifies every stored entry of a chunk).
+        """
+        code = np.where(self.is_first_column, self.var_group, -2 - self.var_group)
+        code[self.var_group < 0] = -1
+        return code
 
     @classmethod
     def build(cls, gene_ids, vocabulary: Vocabulary, *, reference_quirks: bool = False) -> GenePlan:

@@ -114,4 +114,3 @@ def sequences_for(info: EncodingInfo, idx: np.ndarray) -> list[np.ndarray]:
         flat[offsets[1:][encoded] - 1] = info.eos_id
     sequences = np.split(flat, offsets[1:-1])
     return [sequences[i] for i in inverse]
-

@@ -209,12 +209,10 @@ def rank_encode(
 def _kept_ranks(ranked, plan: GenePlan, max_genes: int, *, n_vars: int) -> sp.csr_matrix:
     """1-based ranks of the kept genes, on the cells × genes grid (at each group's first column)."""
     grouped = ranked.grouped
-    kept = ranked.rank < max_genes
-    indptr = np.concatenate([[0], np.cumsum(kept)])[grouped.indptr]
-    return sp.csr_matrix(
-        ((ranked.rank[kept] + 1).astype(np.int16), plan.group_var[grouped.indices[kept]], indptr),
-        shape=(grouped.shape[0], n_vars),
-    )
+    kept = np.flatnonzero(ranked.rank < max_genes)
+    indptr = np.searchsorted(kept, grouped.indptr)
+    columns = plan.group_var.astype(np.int32)[grouped.indices[kept]]
+    return sp.csr_matrix(((ranked.rank[kept] + 1).astype(np.int16), columns, indptr), shape=(grouped.shape[0], n_vars))
 
 
 def _gene_ids(adata: AnnData, gene_id_key: str | None) -> np.ndarray:
@@ -346,7 +344,7 @@ class _RankSink:
 
     def finish(self):
         if self.group is None:
-            return sp.vstack(self.parts, format="csr") if self.parts else sp.csr_matrix((0, self.n_vars), dtype=np.int16)
+            return _stack_rows(self.parts, self.n_vars)
         from anndata.io import sparse_dataset
 
         # Move the finished matrix to its final place only now, so a failed run leaves the file as it was.
@@ -354,3 +352,20 @@ class _RankSink:
             del self.group[self.final_name]
         self.group.move(self.name, self.final_name)
         return sparse_dataset(self.group[self.final_name])
+
+
+def _stack_rows(parts: list[sp.csr_matrix], n_vars: int) -> sp.csr_matrix:
+    """Stack CSR row blocks, releasing each block once copied so the peak is one result plus one block."""
+    nnz = sum(part.nnz for part in parts)
+    n_rows = sum(part.shape[0] for part in parts)
+    data = np.empty(nnz, dtype=np.int16)
+    indices = np.empty(nnz, dtype=np.int32)
+    indptr = np.empty(n_rows + 1, dtype=np.int64)
+    indptr[0] = row = offset = 0
+    while parts:
+        part = parts.pop(0)
+        data[offset : offset + part.nnz] = part.data
+        indices[offset : offset + part.nnz] = part.indices
+        indptr[row + 1 : row + part.shape[0] + 1] = part.indptr[1:] + offset
+        row, offset = row + part.shape[0], offset + part.nnz
+    return sp.csr_matrix((data, indices, indptr), shape=(n_rows, n_vars))
