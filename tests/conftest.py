@@ -1,3 +1,3 @@
 """Fixtures; the helpers they use live in ``helpers.py`` so tests can import them too."""
 
-from helpers import adata, vocab, vocab_v2  # noqa: F401
+from helpers import adata, isolated_settings, vocab, vocab_v2  # noqa: F401

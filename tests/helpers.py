@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import http.server
 import os
+import threading
 from pathlib import Path
 
 import anndata as ad
@@ -90,3 +92,84 @@ def expected_tokens(adata: ad.AnnData, vocab: Vocabulary, *, n_counts=None) -> l
             genes = [vocab.cls_id, *genes, vocab.eos_id]
         out.append(np.asarray(genes, dtype=np.int32))
     return out
+
+
+def tiny_bert_config(vocab: Vocabulary, *, layers: int = 2, hidden: int = 32, seed: int = 0) -> dict:
+    """A small random BERT configuration over a (synthetic) vocabulary."""
+    return {
+        "vocab_size": len(vocab),
+        "hidden_size": hidden,
+        "num_hidden_layers": layers,
+        "num_attention_heads": 2,
+        "intermediate_size": 2 * hidden,
+        "max_position_embeddings": vocab.input_size,
+        "hidden_act": "relu",
+        "hidden_dropout_prob": 0.02,
+        "attention_probs_dropout_prob": 0.02,
+        "pad_token_id": 0,
+    }
+
+
+def tiny_model(vocab: Vocabulary, *, layers: int = 2, seed: int = 0):
+    import torch
+
+    from scgeneformer import GeneformerModel
+
+    torch.manual_seed(seed)
+    model = GeneformerModel(bert_config=tiny_bert_config(vocab, layers=layers), vocabulary=vocab.version)
+    model.module.eval()  # no dropout in the plain-transformers comparisons
+    return model
+
+
+def encoded_counts(vocab: Vocabulary, n_obs: int = 24, n_vars: int = 300, seed: int = 0) -> ad.AnnData:
+    import warnings
+
+    import scgeneformer as sgf
+
+    adata = make_counts(n_obs, n_vars, seed=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        sgf.pp.rank_encode(adata, vocabulary=vocab)
+    return adata
+
+
+class Mirror:
+    """An HTTP server on 127.0.0.1 serving a folder laid out like the upstream repository."""
+
+    def __init__(self, root: Path) -> None:
+        self.requests: list[str] = []
+        mirror = self
+
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, directory=str(root), **kwargs)
+
+            def do_GET(self):
+                mirror.requests.append(self.path)
+                super().do_GET()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def isolated_settings(tmp_path):
+    """Downloads go to a temporary cache; settings are restored afterwards."""
+    import scgeneformer as sgf
+
+    cache_before, url_before = sgf.settings._cache_dir, sgf.settings._hub_url
+    sgf.settings.cache_dir = tmp_path / "cache"
+    yield sgf.settings
+    sgf.settings.cache_dir, sgf.settings.hub_url = cache_before, url_before

@@ -1,13 +1,10 @@
-import http.server
 import shutil
-import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import make_vocabulary, shared_path
+from helpers import Mirror, make_vocabulary, shared_path
 
-import scgeneformer as sgf
 from scgeneformer._registry import DICTIONARY_FILES, DownloadError
 from scgeneformer.vocabulary import Vocabulary, get_vocabulary
 
@@ -49,37 +46,6 @@ def test_get_vocabulary_accepts_every_form(tmp_path):
         Vocabulary.from_folder(tmp_path)
 
 
-class _Mirror:
-    """An HTTP server on 127.0.0.1 serving a folder laid out like the upstream repository."""
-
-    def __init__(self, root: Path) -> None:
-        self.requests: list[str] = []
-        mirror = self
-
-        class Handler(http.server.SimpleHTTPRequestHandler):
-            def __init__(self, *args, **kwargs):
-                super().__init__(*args, directory=str(root), **kwargs)
-
-            def do_GET(self):
-                mirror.requests.append(self.path)
-                super().do_GET()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
 def mirror_root(tmp_path):
     """Upstream layout (``geneformer/...``) built from the shared dictionaries."""
@@ -93,16 +59,8 @@ def mirror_root(tmp_path):
     return root
 
 
-@pytest.fixture
-def isolated_settings(tmp_path):
-    cache_before, url_before = sgf.settings._cache_dir, sgf.settings._hub_url
-    sgf.settings.cache_dir = tmp_path / "cache"
-    yield sgf.settings
-    sgf.settings.cache_dir, sgf.settings.hub_url = cache_before, url_before
-
-
 def test_download_from_hub_is_cached(mirror_root, isolated_settings):
-    with _Mirror(mirror_root) as mirror:
+    with Mirror(mirror_root) as mirror:
         isolated_settings.hub_url = mirror.url
         vocab = Vocabulary.load("V2")
         assert vocab.version == "V2" and len(vocab) == 20_275
@@ -117,7 +75,7 @@ def test_download_from_hub_is_cached(mirror_root, isolated_settings):
 def test_wrong_hash_is_refused_and_not_cached(mirror_root, isolated_settings):
     corrupted = mirror_root / DICTIONARY_FILES["V1"]["token_dictionary"].path
     corrupted.write_bytes(corrupted.read_bytes()[:-10] + b"0123456789")
-    with _Mirror(mirror_root) as mirror:
+    with Mirror(mirror_root) as mirror:
         isolated_settings.hub_url = mirror.url
         with pytest.raises(DownloadError, match="expected sha256"):
             Vocabulary.load("V1")

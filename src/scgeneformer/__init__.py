@@ -12,14 +12,27 @@ from typing import TYPE_CHECKING
 from ._settings import settings
 
 if TYPE_CHECKING:
-    from . import datasets, pp
+    from . import datasets, pp, tl
+    from .model import GeneformerModel, list_models
     from .vocabulary import Vocabulary, get_vocabulary
 
-__all__ = ["Vocabulary", "datasets", "get_vocabulary", "pp", "settings"]
+__all__ = [
+    "GeneformerModel",
+    "Vocabulary",
+    "datasets",
+    "get_vocabulary",
+    "list_models",
+    "pp",
+    "settings",
+    "tl",
+]
 
 _LAZY = {
     "pp": (".pp", None),
     "datasets": (".datasets", None),
+    "tl": (".tl", None),
+    "GeneformerModel": (".model", "GeneformerModel"),
+    "list_models": (".model", "list_models"),
     "Vocabulary": (".vocabulary", "Vocabulary"),
     "get_vocabulary": (".vocabulary", "get_vocabulary"),
 }

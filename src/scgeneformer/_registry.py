@@ -77,7 +77,7 @@ class DownloadError(RuntimeError):
     """A published file could not be downloaded or failed its integrity check."""
 
 
-def fetch(file: RemoteFile, *, progressbar: bool = False) -> Path:
+def fetch(file: RemoteFile, *, base_url: str | None = None, progressbar: bool = False) -> Path:
     """Return the local path of ``file``, downloading it into :attr:`Settings.cache_dir` if needed.
 
     The download goes to a temporary file that only replaces the cached copy once its sha256 matches, so an
@@ -87,7 +87,7 @@ def fetch(file: RemoteFile, *, progressbar: bool = False) -> Path:
 
     cache = pooch.create(
         path=settings.cache_dir,
-        base_url=settings.hub_url,
+        base_url=base_url or settings.hub_url,
         registry={file.path: f"sha256:{file.sha256}"},
         retry_if_failed=1,
     )

@@ -1,0 +1,376 @@
+"""``sgf.GeneformerModel``: Geneformer as a scvi-tools model."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from scvi.data import AnnDataManager
+from scvi.data.fields import CategoricalObsField, LayerField, NumericalObsField
+from scvi.model.base import BaseModelClass
+
+from ..pp._rank_encode import encoding_keys
+from ._checkpoints import get_checkpoint
+from ._module import GeneformerModule
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+
+    from ..pp._input_ids import EncodingInfo
+
+#: Vocabulary sizes of the two Geneformer vocabularies, used to recognise a checkpoint's vocabulary.
+VOCABULARY_BY_SIZE = {25_426: "V1", 20_275: "V2"}
+_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+class GeneformerModel(BaseModelClass):
+    """Geneformer: a BERT encoder over rank-value encoded transcriptomes.
+
+    Create one from a published checkpoint or a local Hugging Face folder with :meth:`from_pretrained`, or a fresh
+    (randomly initialised) model from a BERT configuration. The model does not need to be set up on the data it
+    embeds: :func:`scgeneformer.tl.embed` reads any AnnData encoded by :func:`scgeneformer.pp.rank_encode` with the
+    model's vocabulary. :meth:`setup_anndata` registers data for training.
+
+    Parameters
+    ----------
+    adata
+        AnnData registered with :meth:`setup_anndata`, or ``None`` for a model without data.
+    registry
+        Registry of a saved model (used by :meth:`load`).
+    bert_config
+        Keyword arguments of :class:`transformers.BertConfig` (a checkpoint's ``config.json``).
+    vocabulary
+        ``"V1"`` or ``"V2"``: the vocabulary the model's tokens come from. Inferred from ``vocab_size`` if omitted.
+    checkpoint
+        Name or path of the checkpoint the weights came from (informational).
+    """
+
+    _module_cls = GeneformerModule
+
+    def __init__(
+        self,
+        adata: AnnData | None = None,
+        registry: dict | None = None,
+        *,
+        bert_config: dict,
+        vocabulary: str | None = None,
+        checkpoint: str | None = None,
+    ) -> None:
+        if adata is None and registry is None:
+            registry = _data_free_registry(type(self).__name__)
+        super().__init__(adata, registry)
+        vocabulary = vocabulary or VOCABULARY_BY_SIZE.get(int(bert_config["vocab_size"]))
+        if vocabulary not in ("V1", "V2"):
+            msg = "Cannot tell the model's vocabulary from its vocab_size; pass vocabulary='V1' or 'V2'."
+            raise ValueError(msg)
+        self.module = GeneformerModule(bert_config)
+        self.vocabulary_version = vocabulary
+        self.checkpoint = checkpoint
+        self.is_trained_ = checkpoint is not None
+        config = self.module.config
+        self._model_summary_string = (
+            f"GeneformerModel ({vocabulary} vocabulary): {config.num_hidden_layers} layers, hidden size "
+            f"{config.hidden_size}, {config.num_attention_heads} heads, input size {config.max_position_embeddings}"
+            + (f", weights from {checkpoint}" if checkpoint else ", untrained")
+        )
+        self.init_params_ = self._get_init_params(locals())
+
+    # -- data --------------------------------------------------------------------------------------------------
+    @classmethod
+    def setup_anndata(
+        cls,
+        adata: AnnData,
+        *,
+        encoding_key: str = "geneformer",
+        labels_key: str | None = None,
+        batch_key: str | None = None,
+        **kwargs,
+    ) -> None:
+        """Register rank-encoded data (and optional labels and batches) for training.
+
+        Parameters
+        ----------
+        adata
+            AnnData encoded by :func:`scgeneformer.pp.rank_encode`.
+        encoding_key
+            The ``key_added`` used when encoding.
+        labels_key, batch_key
+            Optional categorical ``.obs`` columns.
+
+        Notes
+        -----
+        Like every scvi-tools model, this writes ``uns["_scvi_uuid"]`` and ``uns["_scvi_manager_uuid"]`` and, for
+        categorical fields, ``obs["_scvi_labels"]``/``obs["_scvi_batch"]``.
+        """
+        from ..pp._input_ids import EncodingInfo
+
+        EncodingInfo(adata, encoding_key)  # raises if the data are not encoded
+        keys = encoding_keys(encoding_key)
+        setup_method_args = cls._get_setup_method_args(**locals())
+        fields = [
+            LayerField("X", keys["ranks"], is_count_data=False),
+            NumericalObsField("length", keys["n_tokens"]),
+        ]
+        if labels_key is not None:
+            fields.append(CategoricalObsField("labels", labels_key))
+        if batch_key is not None:
+            fields.append(CategoricalObsField("batch", batch_key))
+        manager = AnnDataManager(fields=fields, setup_method_args=setup_method_args)
+        manager.register_fields(adata, **kwargs)
+        cls.register_manager(manager)
+
+    def check_encoding(self, info: EncodingInfo) -> None:
+        """Raise if data were encoded with another vocabulary than the model's."""
+        if info.version != self.vocabulary_version:
+            msg = (
+                f"The data were rank-encoded with the {info.version} vocabulary but the model uses "
+                f"{self.vocabulary_version}; re-run `sgf.pp.rank_encode(adata, vocabulary='{self.vocabulary_version}')`."
+            )
+            raise ValueError(msg)
+        max_len = self.module.config.max_position_embeddings
+        if info.lengths.max(initial=0) > max_len:
+            msg = f"Encoded cells are longer ({info.lengths.max()}) than the model's input size {max_len}."
+            raise ValueError(msg)
+
+    # -- construction --------------------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike,
+        adata: AnnData | None = None,
+        *,
+        vocabulary: str | None = None,
+    ) -> GeneformerModel:
+        """Load published weights by name (see :func:`scgeneformer.list_models`) or a local Hugging Face folder.
+
+        Published weights are downloaded once into ``sgf.settings.cache_dir`` and checked against their sha256. A
+        local folder holds ``config.json`` and ``model.safetensors`` or ``pytorch_model.bin``.
+
+        Parameters
+        ----------
+        name_or_path
+            A checkpoint name or alias (e.g. ``"Geneformer-V1-10M"``, ``"V2-104M"``) or a folder.
+        adata
+            Optional AnnData registered with :meth:`setup_anndata`.
+        vocabulary
+            ``"V1"``/``"V2"``; needed only for a local folder whose ``vocab_size`` is not a Geneformer one.
+        """
+        checkpoint = get_checkpoint(str(name_or_path))
+        if checkpoint is not None:
+            folder = checkpoint.local_folder()
+            vocabulary = vocabulary or checkpoint.vocabulary
+            label = checkpoint.name
+        else:
+            folder = Path(name_or_path).expanduser()
+            if not (folder / "config.json").is_file():
+                msg = (
+                    f"{name_or_path!r} is neither a published checkpoint (see `sgf.list_models()`) nor a folder "
+                    "with config.json and model.safetensors or pytorch_model.bin."
+                )
+                raise FileNotFoundError(msg)
+            label = str(folder)
+        hf_model = _load_hf_weights(folder)
+        bert_config = _plain_config(hf_model.config)
+        with torch.device("meta"):  # skip the random initialisation that the weights replace anyway
+            model = cls(adata, bert_config=bert_config, vocabulary=vocabulary, checkpoint=label)
+        model.module.mlm = hf_model
+        model.module.eval()
+        return model
+
+    @classmethod
+    def load(cls, dir_path: str, adata: AnnData | None = None, **kwargs) -> GeneformerModel:
+        """Load a model saved with :meth:`save`; a corrupted or truncated file gives a clear error."""
+        path = Path(dir_path)
+        try:
+            with warnings.catch_warnings():
+                # A foundation model is applied to data with other genes than it was saved with: expected.
+                warnings.filterwarnings("ignore", message=".*var_names for adata passed in does not match.*")
+                warnings.filterwarnings("ignore", message=".*Model will be loaded without anndata.*")
+                return super().load(str(path), adata=adata, **kwargs)
+        except FileNotFoundError:
+            raise
+        except Exception as e:
+            msg = f"Could not load a GeneformerModel from {path}: the saved file is corrupted or truncated ({e})."
+            raise ValueError(msg) from e
+
+    # -- training ------------------------------------------------------------------------------------------------
+    def train(
+        self,
+        max_epochs: int = 1,
+        *,
+        mlm_probability: float = 0.15,
+        lr: float = 1e-4,
+        weight_decay: float = 0.01,
+        warmup_steps: int | float = 0.05,
+        schedule: str = "linear",
+        gradient_clip_val: float | None = 1.0,
+        token_budget: int = 16_384,
+        max_cells: int | None = None,
+        train_size: float = 0.9,
+        validation_size: float | None = None,
+        accelerator: str = "auto",
+        devices: int | list[int] | str = "auto",
+        strategy: str = "auto",
+        precision: str | None = None,
+        checkpoint_dir: str | None = None,
+        ckpt_path: str | None = None,
+        seed: int = 0,
+        **trainer_kwargs,
+    ) -> None:
+        """Masked-gene pretraining (or continued pretraining of a published checkpoint) on the registered data.
+
+        Of each cell's gene tokens, ``mlm_probability`` are selected (special tokens and padding never); 80% of those
+        become ``<mask>``, 10% a random gene, 10% stay, and the loss is the cross-entropy of the selected genes,
+        computed only at those positions. Batches hold cells of similar length under ``token_budget`` padded tokens
+        and are padded only to their longest cell.
+
+        Parameters
+        ----------
+        max_epochs
+            Passes over the training cells.
+        mlm_probability
+            Share of gene tokens selected for prediction.
+        lr, weight_decay, warmup_steps, schedule
+            AdamW and learning-rate schedule (see :class:`~scgeneformer.model.GeneformerTrainingPlan`).
+        gradient_clip_val
+            Gradient norm clipping (``None`` to disable).
+        token_budget, max_cells
+            Batch size, in padded tokens (and optionally cells).
+        train_size, validation_size
+            Shares of encoded cells used for training and validation (the rest is the test set). Validation loss
+            and masked-gene accuracy are logged each epoch when there are validation cells.
+        accelerator, devices, strategy, precision
+            Passed to Lightning, e.g. ``accelerator="gpu", devices=4, strategy="ddp", precision="bf16-mixed"``.
+        checkpoint_dir
+            Save a Lightning checkpoint at the end of every epoch here.
+        ckpt_path
+            Resume training from this Lightning checkpoint.
+        seed
+            Seed of the split, the batch order, the masking and the initial weights of new layers.
+        **trainer_kwargs
+            Further :class:`lightning.pytorch.Trainer` arguments.
+        """
+        from scvi.train import TrainRunner
+
+        from ..pp._input_ids import EncodingInfo
+        from ._data import TokenCollator, TokenDataModule
+        from ._training import GeneformerTrainingPlan
+
+        if self.adata is None:
+            msg = "Register training data first: `GeneformerModel.setup_anndata(adata)`, then pass it to the model."
+            raise ValueError(msg)
+        encoding_key = self.registry_["setup_args"].get("encoding_key", "geneformer")
+        info = EncodingInfo(self.adata, encoding_key)
+        self.check_encoding(info)
+        torch.manual_seed(seed)
+        collator = TokenCollator(
+            info, mlm_probability=mlm_probability, vocab_size=self.module.config.vocab_size, seed=seed
+        )
+        data = TokenDataModule(
+            info,
+            collator=collator,
+            train_size=train_size,
+            validation_size=validation_size,
+            token_budget=token_budget,
+            max_cells=max_cells,
+            seed=seed,
+        )
+        plan = GeneformerTrainingPlan(
+            self.module, lr=lr, weight_decay=weight_decay, warmup_steps=warmup_steps, schedule=schedule
+        )
+        callbacks = list(trainer_kwargs.pop("callbacks", []))
+        if checkpoint_dir is not None:
+            from lightning.pytorch.callbacks import ModelCheckpoint
+
+            callbacks.append(ModelCheckpoint(dirpath=checkpoint_dir, save_top_k=-1, every_n_epochs=1))
+            trainer_kwargs["enable_checkpointing"] = True
+        if data.n_val:
+            trainer_kwargs.setdefault("check_val_every_n_epoch", 1)
+        if precision is not None:
+            trainer_kwargs["precision"] = precision
+        runner = TrainRunner(
+            self,
+            training_plan=plan,
+            data_splitter=data,
+            max_epochs=max_epochs,
+            accelerator=accelerator,
+            devices=devices,
+            strategy=strategy,
+            gradient_clip_val=gradient_clip_val,
+            use_distributed_sampler=False,  # the batch sampler splits batches across ranks itself
+            callbacks=callbacks,
+            ckpt_path=ckpt_path,
+            **trainer_kwargs,
+        )
+        runner()
+        self.checkpoint = self.checkpoint or "trained"
+
+    def __repr__(self) -> str:
+        return self._model_summary_string
+
+
+def _data_free_registry(model_name: str) -> dict:
+    """A minimal registry for a model that is not set up on any AnnData (scvi-tools needs one)."""
+    import scvi
+
+    return {
+        "scvi_version": scvi.__version__,
+        "model_name": model_name,
+        "setup_method_name": "setup_anndata",
+        "setup_args": {},
+        "field_registries": {
+            "X": {
+                "data_registry": {},
+                "state_registry": {"column_names": np.array([], dtype=object)},
+                "summary_stats": {},
+            }
+        },
+    }
+
+
+def _load_hf_weights(folder: Path):
+    from transformers import BertForMaskedLM
+    from transformers.utils import logging as hf_logging
+
+    if not any((folder / name).is_file() for name in _WEIGHT_FILES):
+        msg = f"{folder} has no {' or '.join(_WEIGHT_FILES)}."
+        raise FileNotFoundError(msg)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # classifier checkpoints: the unused head and missing MLM head are expected
+    hf_logging.disable_progress_bar()
+    try:
+        return BertForMaskedLM.from_pretrained(folder, attn_implementation="sdpa")
+    except Exception as e:  # safetensors, torch.load and transformers raise various types
+        msg = (
+            f"The weights in {folder} could not be read; the file is corrupted or truncated ({type(e).__name__}: {e})."
+        )
+        raise ValueError(msg) from e
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        hf_logging.enable_progress_bar()
+        logging.getLogger("transformers").setLevel(logging.WARNING)
+
+
+def _plain_config(config) -> dict:
+    keys = (
+        "vocab_size",
+        "hidden_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "intermediate_size",
+        "hidden_act",
+        "hidden_dropout_prob",
+        "attention_probs_dropout_prob",
+        "max_position_embeddings",
+        "type_vocab_size",
+        "initializer_range",
+        "layer_norm_eps",
+        "pad_token_id",
+        "position_embedding_type",
+    )
+    return {k: getattr(config, k) for k in keys if hasattr(config, k)}

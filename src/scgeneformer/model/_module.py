@@ -1,0 +1,90 @@
+"""The torch module: a Hugging Face ``BertForMaskedLM`` inside a scvi-tools ``BaseModuleClass``."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+from scvi.module.base import BaseModuleClass, LossOutput
+
+INPUT_IDS = "input_ids"
+ATTENTION_MASK = "attention_mask"
+MLM_LABELS = "mlm_labels"
+
+
+class GeneformerModule(BaseModuleClass):
+    """Geneformer's BERT encoder and masked-gene head.
+
+    Parameters
+    ----------
+    bert_config
+        Keyword arguments of :class:`transformers.BertConfig` (the checkpoint's ``config.json``).
+    """
+
+    def __init__(self, bert_config: dict) -> None:
+        super().__init__()
+        from transformers import BertConfig, BertForMaskedLM
+
+        config = BertConfig(**{k: v for k, v in bert_config.items() if k != "architectures"})
+        # SDPA attention: several times faster than eager on CPU, flash kernels on GPU.
+        config._attn_implementation = "sdpa"
+        self.mlm = BertForMaskedLM(config)
+
+    @property
+    def config(self):
+        """The :class:`transformers.BertConfig`."""
+        return self.mlm.config
+
+    @property
+    def n_layers(self) -> int:
+        """Number of encoder layers."""
+        return self.config.num_hidden_layers
+
+    @contextmanager
+    def _first_layers(self, n_layers: int):
+        # Run only the layers needed: the encoder iterates over its ModuleList, so shorten it for the call.
+        encoder = self.mlm.bert.encoder
+        all_layers = encoder.layer
+        encoder.layer = torch.nn.ModuleList(list(all_layers)[:n_layers])
+        try:
+            yield
+        finally:
+            encoder.layer = all_layers
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, n_layers: int | None = None):
+        """Hidden states after the first ``n_layers`` encoder layers (all by default), without the MLM head."""
+        n_layers = self.n_layers if n_layers is None else n_layers
+        if not 0 <= n_layers <= self.n_layers:
+            msg = f"n_layers must be between 0 and {self.n_layers}, got {n_layers}."
+            raise ValueError(msg)
+        with self._first_layers(n_layers):
+            return self.mlm.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+    def _get_inference_input(self, tensors: dict) -> dict:
+        return {"input_ids": tensors[INPUT_IDS], "attention_mask": tensors[ATTENTION_MASK]}
+
+    def inference(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, n_layers: int | None = None) -> dict:
+        """Encoder hidden states (``"hidden"``)."""
+        return {"hidden": self.encode(input_ids, attention_mask, n_layers)}
+
+    def _get_generative_input(self, tensors: dict, inference_outputs: dict) -> dict:
+        return {"hidden": inference_outputs["hidden"], "mlm_labels": tensors.get(MLM_LABELS)}
+
+    def generative(self, hidden: torch.Tensor, mlm_labels: torch.Tensor | None = None) -> dict:
+        """Masked-gene logits, computed only at the selected (labelled) positions."""
+        if mlm_labels is None:
+            return {}
+        selected = mlm_labels != -100
+        return {"logits": self.mlm.cls(hidden[selected]), "targets": mlm_labels[selected]}
+
+    def loss(self, tensors: dict, inference_outputs: dict, generative_outputs: dict) -> LossOutput:
+        """Cross-entropy of the masked genes, averaged over selected positions."""
+        logits, targets = generative_outputs["logits"], generative_outputs["targets"]
+        loss = torch.nn.functional.cross_entropy(logits.float(), targets)
+        accuracy = (logits.argmax(-1) == targets).float().mean()
+        n_cells = tensors[INPUT_IDS].shape[0]
+        return LossOutput(loss=loss, n_obs_minibatch=n_cells, extra_metrics={"masked_accuracy": accuracy})
+
+    def sample(self, *args, **kwargs):
+        """Geneformer is not generative."""
+        raise NotImplementedError("Geneformer does not define a sampling distribution.")
