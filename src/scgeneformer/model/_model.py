@@ -129,7 +129,8 @@ class GeneformerModel(BaseModelClass):
         if info.version != self.vocabulary_version:
             msg = (
                 f"The data were rank-encoded with the {info.version} vocabulary but the model uses "
-                f"{self.vocabulary_version}; re-run `sgf.pp.rank_encode(adata, vocabulary='{self.vocabulary_version}')`."
+                f"{self.vocabulary_version}; re-run "
+                f"`sgf.pp.rank_encode(adata, vocabulary='{self.vocabulary_version}')`."
             )
             raise ValueError(msg)
         max_len = self.module.config.max_position_embeddings

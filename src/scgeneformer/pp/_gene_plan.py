@@ -50,8 +50,9 @@ class GenePlan:
 
     @cached_property
     def column_code(self) -> np.ndarray:
-        """Per column: its group if it is the group's first column, ``-2 - group`` for other columns of a group,
-        and ``-1`` outside the vocabulary (one lookup classifies every stored entry of a chunk).
+        """Per column: its group (first column of a group), ``-2 - group`` (other columns) or ``-1`` (unmapped).
+
+        One lookup then classifies every stored entry of a chunk.
         """
         code = np.where(self.is_first_column, self.var_group, -2 - self.var_group)
         code[self.var_group < 0] = -1
