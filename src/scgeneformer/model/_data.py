@@ -26,8 +26,8 @@ def _world() -> tuple[int, int]:
 class LengthGroupedBatchSampler(torch.utils.data.Sampler):
     """Batches of cell positions under a token budget, grouped by length, shuffled per epoch, split across ranks.
 
-    Each process of a distributed run takes every ``world_size``-th batch (the same number of batches each), so no
-    Lightning sampler injection is needed.
+    Each process of a distributed run takes every ``world_size``-th batch (with ``even_split``, the same number of
+    batches each, dropping the few left over), so no Lightning sampler injection is needed.
     """
 
     def __init__(
@@ -39,7 +39,9 @@ class LengthGroupedBatchSampler(torch.utils.data.Sampler):
         max_cells: int | None = None,
         shuffle: bool = True,
         seed: int = 0,
+        even_split: bool = True,
     ) -> None:
+        self.even_split = even_split
         self.positions = np.asarray(positions)
         self.lengths = np.asarray(lengths)
         self.token_budget = token_budget
@@ -65,7 +67,9 @@ class LengthGroupedBatchSampler(torch.utils.data.Sampler):
             shuffled = np.random.default_rng(self.seed + self.epoch + 1).permutation(len(batches))
             batches = [batches[i] for i in shuffled]
         world, rank = _world()
-        usable = len(batches) - len(batches) % world if len(batches) >= world else len(batches)
+        batches = _at_least(batches, world)
+        # Training needs the same number of steps on every rank; inference must not drop any batch.
+        usable = len(batches) - len(batches) % world if self.even_split and len(batches) >= world else len(batches)
         return batches[rank:usable:world]
 
     def __iter__(self):
@@ -73,6 +77,18 @@ class LengthGroupedBatchSampler(torch.utils.data.Sampler):
 
     def __len__(self) -> int:
         return len(self._batches())
+
+
+def _at_least(batches: list[np.ndarray], n: int) -> list[np.ndarray]:
+    """Split the largest batches until there are ``n`` (each rank needs one); repeat batches if cells are fewer."""
+    batches = list(batches)
+    while 0 < len(batches) < n and max(len(b) for b in batches) > 1:
+        largest = max(range(len(batches)), key=lambda i: len(batches[i]))
+        batch = batches.pop(largest)
+        batches += [batch[: len(batch) // 2], batch[len(batch) // 2 :]]
+    while 0 < len(batches) < n:
+        batches.append(batches[len(batches) % len(batches)])
+    return batches
 
 
 class _Positions(torch.utils.data.Dataset):
@@ -167,8 +183,8 @@ class TokenDataModule(pl.LightningDataModule):
         cells = np.flatnonzero(info.lengths > 0)
         shuffled = np.random.RandomState(seed).permutation(cells)
         validation_size = 1 - train_size if validation_size is None else validation_size
-        n_train = math.ceil(train_size * len(cells))
-        n_val = min(len(cells) - n_train, math.floor(validation_size * len(cells)))
+        n_train = math.ceil(train_size * len(cells) - 1e-9)
+        n_val = min(len(cells) - n_train, math.floor(validation_size * len(cells) + 1e-9))
         self.train_idx = np.sort(shuffled[:n_train])
         self.val_idx = np.sort(shuffled[n_train : n_train + n_val])
         self.test_idx = np.sort(shuffled[n_train + n_val :])

@@ -72,12 +72,7 @@ class GeneformerModel(BaseModelClass):
         self.vocabulary_version = vocabulary
         self.checkpoint = checkpoint
         self.is_trained_ = checkpoint is not None
-        config = self.module.config
-        self._model_summary_string = (
-            f"GeneformerModel ({vocabulary} vocabulary): {config.num_hidden_layers} layers, hidden size "
-            f"{config.hidden_size}, {config.num_attention_heads} heads, input size {config.max_position_embeddings}"
-            + (f", weights from {checkpoint}" if checkpoint else ", untrained")
-        )
+        self._model_summary_string = self._summary()
         self.init_params_ = self._get_init_params(locals())
 
     # -- data --------------------------------------------------------------------------------------------------
@@ -309,10 +304,20 @@ class GeneformerModel(BaseModelClass):
             **trainer_kwargs,
         )
         runner()
-        self.checkpoint = self.checkpoint or "trained"
+        self.checkpoint = f"{self.checkpoint} + training" if self.checkpoint else "training"
+        self._model_summary_string = self._summary()
+
+    def _summary(self) -> str:
+        config = self.module.config
+        state = f"weights from {self.checkpoint}" if self.checkpoint else "untrained"
+        return (
+            f"GeneformerModel ({self.vocabulary_version} vocabulary): {config.num_hidden_layers} layers, hidden size "
+            f"{config.hidden_size}, {config.num_attention_heads} heads, input size {config.max_position_embeddings}, "
+            + state
+        )
 
     def __repr__(self) -> str:
-        return self._model_summary_string
+        return self._summary()
 
 
 def _data_free_registry(model_name: str) -> dict:

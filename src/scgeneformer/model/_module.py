@@ -75,15 +75,25 @@ class GeneformerModule(BaseModuleClass):
         if mlm_labels is None:
             return {}
         selected = mlm_labels != -100
-        return {"logits": self.mlm.cls(hidden[selected]), "targets": mlm_labels[selected]}
+        cell_of_position = torch.nonzero(selected)[:, 0]
+        return {"logits": self.mlm.cls(hidden[selected]), "targets": mlm_labels[selected], "cells": cell_of_position}
 
     def loss(self, tensors: dict, inference_outputs: dict, generative_outputs: dict) -> LossOutput:
         """Cross-entropy of the masked genes, averaged over selected positions."""
         logits, targets = generative_outputs["logits"], generative_outputs["targets"]
-        loss = torch.nn.functional.cross_entropy(logits.float(), targets)
-        accuracy = (logits.argmax(-1) == targets).float().mean()
+        per_position = torch.nn.functional.cross_entropy(logits.float(), targets, reduction="none")
         n_cells = tensors[INPUT_IDS].shape[0]
-        return LossOutput(loss=loss, n_obs_minibatch=n_cells, extra_metrics={"masked_accuracy": accuracy})
+        # Per-cell mean loss, so that scvi-tools' "reconstruction loss" and ELBO metrics mean something.
+        cells = generative_outputs["cells"]
+        per_cell = torch.zeros(n_cells, device=per_position.device).index_add_(0, cells, per_position)
+        counts = torch.zeros(n_cells, device=per_position.device).index_add_(0, cells, torch.ones_like(per_position))
+        accuracy = (logits.argmax(-1) == targets).float().mean()
+        return LossOutput(
+            loss=per_position.mean(),
+            reconstruction_loss=per_cell / counts.clamp(min=1),
+            n_obs_minibatch=n_cells,
+            extra_metrics={"masked_accuracy": accuracy},
+        )
 
     def sample(self, *args, **kwargs):
         """Geneformer is not generative."""

@@ -40,6 +40,15 @@ class GeneformerTrainingPlan(TrainingPlan):
         self.warmup_steps = warmup_steps
         self.schedule = schedule
 
+    def compute_and_log_metrics(self, loss_output, metrics, mode):
+        """scvi-tools' metric logging, under ``no_grad`` instead of ``inference_mode``.
+
+        Lightning syncs logged values across DDP processes with in-place updates, which inference-mode tensors
+        forbid, so the original (decorated with ``torch.inference_mode``) fails in multi-process training.
+        """
+        with torch.no_grad():
+            TrainingPlan.compute_and_log_metrics.__wrapped__(self, loss_output, metrics, mode)
+
     def configure_optimizers(self):
         decay, no_decay = [], []
         for name, parameter in self.module.named_parameters():

@@ -46,6 +46,10 @@ class EmbeddingRequest:
     device: str | None = None
     precision: str = "auto"
     progress_bar: bool = True
+    #: Lightning ``accelerator``/``devices``/``strategy``: set ``devices`` to spread batches over processes.
+    accelerator: str = "auto"
+    devices: int | list[int] | str | None = None
+    strategy: str = "auto"
 
 
 def compute_embeddings(
@@ -76,6 +80,25 @@ def compute_embeddings(
     if request.pooling not in ("mean", "cls"):
         msg = f"pooling must be 'mean' or 'cls', got {request.pooling!r}."
         raise ValueError(msg)
+    if request.devices is not None:
+        from ..model._distributed import predict_embeddings
+
+        precision = None if request.precision == "auto" else request.precision
+        return predict_embeddings(
+            module,
+            info,
+            cells,
+            n_run=n_run,
+            pooling=request.pooling,
+            gene_cells=gene_cells,
+            token_budget=request.token_budget,
+            max_cells=request.max_cells,
+            accelerator=request.accelerator,
+            devices=request.devices,
+            strategy=request.strategy,
+            precision=precision,
+            progress_bar=request.progress_bar,
+        )
     device = resolve_device(request.device)
     budget = request.token_budget or DEFAULT_TOKEN_BUDGET.get(device.type, 16_384)
     hidden_size = module.config.hidden_size
@@ -130,6 +153,9 @@ def embed(
     device: str | None = None,
     precision: str = "auto",
     progress_bar: bool = True,
+    accelerator: str = "auto",
+    devices: int | list[int] | str | None = None,
+    strategy: str = "auto",
     mod: str = "rna",
     copy: bool = False,
 ) -> AnnData | MuData | None:
@@ -183,6 +209,11 @@ def embed(
         or ``"fp16"``.
     progress_bar
         Show a progress bar.
+    accelerator, devices, strategy
+        Run through Lightning across several processes or devices, e.g. ``accelerator="gpu", devices=4,
+        strategy="ddp"``; every process receives all embeddings. With ``devices=None`` (default) the embeddings are
+        computed in this process on ``device``. Under Lightning, ``precision`` takes Lightning's values
+        (``"bf16-mixed"``, ``"32-true"``; default bf16-mixed on GPUs).
     mod
         Modality used when ``data`` is a MuData.
     copy
@@ -199,7 +230,9 @@ def embed(
     gene_cells = None
     if gene_embeddings:
         gene_cells = _cell_mask(adata, gene_embedding_cells)
-    request = EmbeddingRequest(layer, pooling, token_budget, max_cells, device, precision, progress_bar)
+    request = EmbeddingRequest(
+        layer, pooling, token_budget, max_cells, device, precision, progress_bar, accelerator, devices, strategy
+    )
     cells = np.arange(adata.n_obs)
     embeddings, genes = compute_embeddings(model, info, cells, request, gene_cells=gene_cells)
     adata.obsm[key_added] = embeddings

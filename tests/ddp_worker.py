@@ -1,0 +1,51 @@
+"""Two-process CPU DDP run (gloo), launched by ``test_distributed.py``; not a test module itself.
+
+Lightning's ``ddp`` strategy starts the second process by re-running this script, so everything below runs in both
+processes; rank 0 writes the results.
+"""
+
+import json
+import sys
+import warnings
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import numpy as np
+import torch
+from helpers import encoded_counts, make_vocabulary, tiny_bert_config
+
+import scgeneformer as sgf
+
+
+def main(output: Path) -> None:
+    warnings.simplefilter("ignore")
+    vocab = make_vocabulary("V2")
+    adata = encoded_counts(vocab, n_obs=40)
+    sgf.GeneformerModel.setup_anndata(adata)
+    torch.manual_seed(0)
+    model = sgf.GeneformerModel(adata, bert_config=tiny_bert_config(vocab), vocabulary="V2")
+    model.train(
+        max_epochs=2,
+        lr=1e-3,
+        token_budget=2048,
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp",
+        enable_progress_bar=False,
+    )
+    world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+    rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+    weights = torch.cat([p.detach().flatten() for p in model.module.parameters()])
+    sgf.tl.embed(adata, model, accelerator="cpu", devices=2, strategy="ddp", progress_bar=False, key_added="ddp")
+    sgf.tl.embed(adata, model, device="cpu", progress_bar=False, key_added="local")
+    np.save(output.with_name(f"weights_rank{rank}.npy"), weights.numpy())
+    if rank == 0:
+        np.save(output.with_name("ddp.npy"), adata.obsm["ddp"])
+        np.save(output.with_name("local.npy"), adata.obsm["local"])
+        history = {k: v.values.ravel().tolist() for k, v in model.history_.items() if k.startswith("train_loss")}
+        output.write_text(json.dumps({"world": world, "history": history}))
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))
