@@ -18,7 +18,7 @@ import torch
 from .pp._input_ids import EncodingInfo, sequences_for
 
 #: Default number of (padded) tokens per batch, by device type.
-DEFAULT_TOKEN_BUDGET = {"cpu": 16_384, "cuda": 131_072, "mps": 32_768}
+DEFAULT_TOKEN_BUDGET = {"cpu": 8_192, "cuda": 131_072, "mps": 32_768}
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
