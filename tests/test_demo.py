@@ -13,9 +13,10 @@ def test_bundled_example():
 def test_demo_runs_offline_from_seeded_cache(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(sgf.settings, "_cache_dir", tmp_path)
     monkeypatch.setattr(sgf.settings, "_hub_url", "http://127.0.0.1:9/")  # any download attempt would fail
-    main(["demo", "--vocabulary", "V1", "--local-files", str(shared_path("data", "dictionaries"))])
+    main(["demo", "--local-files", str(shared_path())])
     out = capsys.readouterr().out
     assert "seeded 8 published files" in out and "134 cells encoded" in out
+    assert "using the test checkpoint" in out and "embed: 134 cells x 64 dimensions" in out
 
 
 def test_seed_cache_ignores_files_with_other_content(tmp_path, monkeypatch):

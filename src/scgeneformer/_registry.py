@@ -93,8 +93,10 @@ def fetch(file: RemoteFile, *, base_url: str | None = None, progressbar: bool = 
     )
     url = cache.get_url(file.path)
     logger.debug("fetching %s from %s into %s", file.path, url, settings.cache_dir)
+    # A timeout so that a firewalled or offline machine fails fast instead of hanging.
+    downloader = pooch.HTTPDownloader(progressbar=progressbar, timeout=(15, 300))
     try:
-        return Path(cache.fetch(file.path, progressbar=progressbar))
+        return Path(cache.fetch(file.path, downloader=downloader))
     except ValueError as e:  # pooch raises ValueError on a hash mismatch
         msg = (
             f"The file downloaded from {url} does not have the expected sha256 {file.sha256}; it was discarded and "

@@ -73,7 +73,9 @@ class GeneformerModule(BaseModuleClass):
             msg = f"n_layers must be between 0 and {self.n_layers}, got {n_layers}."
             raise ValueError(msg)
         with self._first_layers(n_layers):
-            return self.mlm.bert(input_ids=input_ids, attention_mask=_key_padding_mask(attention_mask)).last_hidden_state
+            return self.mlm.bert(
+                input_ids=input_ids, attention_mask=_key_padding_mask(attention_mask)
+            ).last_hidden_state
 
     def _get_inference_input(self, tensors: dict) -> dict:
         return {"input_ids": tensors[INPUT_IDS], "attention_mask": tensors[ATTENTION_MASK]}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 import warnings
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -48,6 +49,7 @@ def rank_encode(
     reference_quirks: bool = False,
     chunk_size: int = 2048,
     n_jobs: int | None = None,
+    ranks_file: str | os.PathLike | None = None,
     copy: bool = False,
 ) -> AnnData | MuData | None:
     """Rank-value encode cells for Geneformer.
@@ -95,6 +97,10 @@ def rank_encode(
         Cells read and encoded at a time; memory use does not grow with the number of cells.
     n_jobs
         Threads encoding chunks in parallel; ``None`` uses every available core.
+    ranks_file
+        Backed AnnData only: the HDF5 file receiving the rank layer, which then stays on disk so memory does not
+        grow with the number of cells. By default the backing file itself when it was opened with ``backed="r+"``,
+        else ``<file>.<key_added>_ranks.h5`` beside it (a read-only file is never modified).
     copy
         Return an encoded copy instead of writing into ``data``.
 
@@ -103,8 +109,8 @@ def rank_encode(
     ``None``, or the encoded copy when ``copy=True``. Written keys, with ``key_added="geneformer"``:
 
     ``layers["geneformer_ranks"]``
-        Sparse int16 matrix: the 1-based rank of each kept gene in its cell, 0 elsewhere. For a backed AnnData
-        opened with ``backed="r+"`` it is written into the file and stays on disk.
+        Sparse int16 matrix: the 1-based rank of each kept gene in its cell, 0 elsewhere (6 bytes per kept gene).
+        For a backed AnnData it stays on disk (see ``ranks_file``).
     ``var["geneformer_token"]``
         Token id of each gene, -1 outside the vocabulary.
     ``obs["geneformer_n_tokens"]``
@@ -149,7 +155,9 @@ def rank_encode(
         ranks = _kept_ranks(ranked, plan, vocab.max_genes, n_vars=adata.n_vars)
         return start, stop, ranks, ranked.n_genes_untruncated, row_totals[selected].sum(), ranked.counts_in_vocabulary
 
-    sink = _RankSink.for_adata(adata, encoding_keys(key_added)["ranks"], n_vars=adata.n_vars)
+    sink = _RankSink.for_adata(
+        adata, matrix, encoding_keys(key_added)["ranks"], ranks_file=ranks_file, max_genes=vocab.max_genes
+    )
     lengths = np.zeros(adata.n_obs, dtype=np.int32)
     n_truncated = 0
     total_counts = counts_in_vocabulary = 0.0
@@ -307,27 +315,61 @@ def _log_summary(vocab, plan, n_vars, n_mapped, mapped_share, n_empty, passes_fi
 
 
 class _RankSink:
-    """Collects the rank matrix chunk by chunk: in memory, or on disk inside a writable backed h5ad file."""
+    """Collects the rank matrix chunk by chunk, in memory or in an HDF5 file.
 
-    def __init__(self, n_vars: int, group=None, final_name: str | None = None) -> None:
+    In memory, chunks are copied into arrays sized by an upper bound of the kept entries (the matrix's stored
+    entries): pages are only touched when written, and no chunk outlives its copy, so memory is the result plus one
+    chunk. On disk (backed AnnData), chunks are appended to a sparse dataset that only becomes the final layer when
+    the whole encoding succeeded.
+    """
+
+    def __init__(self, n_vars: int, *, capacity: int | None = None, group=None, final_name: str | None = None) -> None:
         self.n_vars = n_vars
         self.group = group
         self.final_name = final_name
         self.name = None if final_name is None else f"{final_name}__sgf_partial"
-        self.parts: list[sp.csr_matrix] = []
         self.dataset = None
+        self.parts: list[sp.csr_matrix] = []
+        self.capacity = capacity
+        if capacity is not None:
+            self.data = np.empty(capacity, dtype=np.int16)
+            self.indices = np.empty(capacity, dtype=np.int32)
+            self.indptr = [np.zeros(1, dtype=np.int64)]
+            self.nnz = 0
 
     @classmethod
-    def for_adata(cls, adata: AnnData, name: str, *, n_vars: int) -> _RankSink:
-        file_manager = adata.file
-        if adata.isbacked and getattr(file_manager, "_filemode", None) == "r+":
-            return cls(n_vars, group=file_manager._file, final_name=f"layers/{name}")
-        return cls(n_vars)
+    def for_adata(cls, adata: AnnData, matrix, name: str, *, ranks_file=None, max_genes: int) -> _RankSink:
+        if adata.isbacked:
+            import h5py
+
+            if ranks_file is None and getattr(adata.file, "_filemode", None) == "r+":
+                return cls(adata.n_vars, group=adata.file._file, final_name=f"layers/{name}")
+            path = Path(ranks_file) if ranks_file is not None else Path(adata.filename).with_suffix(f".{name}.h5")
+            try:
+                handle = h5py.File(path, "a")
+            except OSError as e:
+                msg = (
+                    f"Cannot write the rank layer of this backed AnnData to {path} ({e}). Open the file with "
+                    "backed='r+' to store it inside, or pass `ranks_file=` with a writable path."
+                )
+                raise OSError(msg) from e
+            logger.info("rank layer of the backed AnnData is written to %s", path)
+            return cls(adata.n_vars, group=handle, final_name=name)
+        upper_bound = min(_stored_entries(matrix), adata.n_obs * max_genes)
+        return cls(adata.n_vars, capacity=upper_bound if upper_bound < 2**31 else None)
 
     def append(self, chunk: sp.csr_matrix) -> None:
-        if self.group is None:
+        if self.group is not None:
+            self._append_to_file(chunk)
+        elif self.capacity is None or self.nnz + chunk.nnz > self.capacity:
             self.parts.append(chunk)
-            return
+        else:
+            self.data[self.nnz : self.nnz + chunk.nnz] = chunk.data
+            self.indices[self.nnz : self.nnz + chunk.nnz] = chunk.indices
+            self.indptr.append(chunk.indptr[1:] + self.nnz)
+            self.nnz += chunk.nnz
+
+    def _append_to_file(self, chunk: sp.csr_matrix) -> None:
         from anndata.io import sparse_dataset, write_elem
 
         if self.dataset is None:
@@ -343,19 +385,44 @@ class _RankSink:
             del self.group[self.name]
 
     def finish(self):
-        if self.group is None:
-            return _stack_rows(self.parts, self.n_vars)
-        from anndata.io import sparse_dataset
+        if self.group is not None:
+            from anndata.io import sparse_dataset
 
-        # Move the finished matrix to its final place only now, so a failed run leaves the file as it was.
-        if self.final_name in self.group:
-            del self.group[self.final_name]
-        self.group.move(self.name, self.final_name)
-        return sparse_dataset(self.group[self.final_name])
+            # Move the finished matrix to its final place only now, so a failed run leaves the file as it was.
+            if self.final_name in self.group:
+                del self.group[self.final_name]
+            self.group.move(self.name, self.final_name)
+            return sparse_dataset(self.group[self.final_name])
+        if self.capacity is None or self.parts:
+            return _stack_rows(self._as_parts(), self.n_vars)
+        indptr = np.concatenate(self.indptr)
+        # Views into the preallocated arrays: the untouched tail was never backed by memory.
+        return sp.csr_matrix(
+            (self.data[: self.nnz], self.indices[: self.nnz], indptr), shape=(len(indptr) - 1, self.n_vars)
+        )
+
+    def _as_parts(self) -> list[sp.csr_matrix]:
+        if self.capacity is None or self.nnz == 0:
+            return self.parts
+        indptr = np.concatenate(self.indptr)
+        head = sp.csr_matrix(
+            (self.data[: self.nnz], self.indices[: self.nnz], indptr), shape=(len(indptr) - 1, self.n_vars)
+        )
+        return [head, *self.parts]
+
+
+def _stored_entries(matrix) -> int:
+    """Stored entries of a sparse (in-memory or backed) matrix; the full size for anything else."""
+    if sp.issparse(matrix):
+        return int(matrix.nnz)
+    group = getattr(matrix, "group", None)
+    if group is not None and "indptr" in group:
+        return int(group["indptr"][-1])
+    return int(np.prod(matrix.shape))
 
 
 def _stack_rows(parts: list[sp.csr_matrix], n_vars: int) -> sp.csr_matrix:
-    """Stack CSR row blocks, releasing each block once copied so the peak is one result plus one block."""
+    """Stack CSR row blocks, releasing each block once copied."""
     nnz = sum(part.nnz for part in parts)
     n_rows = sum(part.shape[0] for part in parts)
     data = np.empty(nnz, dtype=np.int16)
