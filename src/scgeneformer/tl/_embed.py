@@ -198,8 +198,8 @@ def embed(
     encoding_key
         The ``key_added`` of :func:`~scgeneformer.pp.rank_encode`.
     token_budget
-        Padded tokens per batch (cells × longest cell); default 8,192 on CPU (small batches stay in cache), 131,072 on CUDA. Results do not
-        depend on it.
+        Padded tokens per batch (cells × longest cell); default 8,192 on CPU (small batches stay in cache),
+        131,072 on CUDA. Results do not depend on it.
     max_cells
         Optional cap on cells per batch.
     device
