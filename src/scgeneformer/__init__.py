@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from ._settings import settings
 
 if TYPE_CHECKING:
-    from . import datasets, pp, tl
+    from . import datasets, pl, pp, tl
     from .model import GeneformerModel, list_models
     from .vocabulary import Vocabulary, get_vocabulary
 
@@ -22,6 +22,7 @@ __all__ = [
     "datasets",
     "get_vocabulary",
     "list_models",
+    "pl",
     "pp",
     "settings",
     "tl",
@@ -31,6 +32,7 @@ _LAZY = {
     "pp": (".pp", None),
     "datasets": (".datasets", None),
     "tl": (".tl", None),
+    "pl": (".pl", None),
     "GeneformerModel": (".model", "GeneformerModel"),
     "list_models": (".model", "list_models"),
     "Vocabulary": (".vocabulary", "Vocabulary"),

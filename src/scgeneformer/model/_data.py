@@ -10,7 +10,7 @@ import torch
 
 from .._engine import pad_sequences, plan_batches
 from ..pp._input_ids import EncodingInfo, sequences_for
-from ._module import ATTENTION_MASK, INPUT_IDS, MLM_LABELS
+from ._module import ATTENTION_MASK, INPUT_IDS, LABELS, MLM_LABELS
 
 #: Cells per "megabatch": cells are shuffled, then sorted by length within megabatches so batches hold cells of
 #: similar length (little padding) while the order stays random.
@@ -133,8 +133,17 @@ def mask_genes(
 class TokenCollator:
     """Turns a list of cell positions into a padded batch (and masked-gene targets for pretraining)."""
 
-    def __init__(self, info: EncodingInfo, *, mlm_probability: float | None, vocab_size: int, seed: int = 0) -> None:
+    def __init__(
+        self,
+        info: EncodingInfo,
+        *,
+        mlm_probability: float | None,
+        vocab_size: int,
+        seed: int = 0,
+        labels: np.ndarray | None = None,
+    ) -> None:
         self.info = info
+        self.labels = labels
         self.mlm_probability = mlm_probability
         self.vocab_size = vocab_size
         self.seed = seed
@@ -145,6 +154,8 @@ class TokenCollator:
         cells = np.asarray(positions)
         ids, mask = pad_sequences(sequences_for(self.info, cells))
         batch = {INPUT_IDS: ids, ATTENTION_MASK: mask, "cells": torch.from_numpy(cells)}
+        if self.labels is not None:
+            batch[LABELS] = torch.from_numpy(self.labels[cells].astype(np.int64))
         if self.mlm_probability:
             if self.generator is None:  # per process: different masks on different ranks
                 self.generator = torch.Generator().manual_seed(self.seed + 7919 * _world()[1])
@@ -173,6 +184,7 @@ class TokenDataModule(pl.LightningDataModule):
         token_budget: int = 16_384,
         max_cells: int | None = None,
         seed: int = 0,
+        split: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
     ) -> None:
         super().__init__()
         self.info = info
@@ -180,6 +192,10 @@ class TokenDataModule(pl.LightningDataModule):
         self.token_budget = token_budget
         self.max_cells = max_cells
         self.seed = seed
+        if split is not None:
+            self.train_idx, self.val_idx, self.test_idx = split
+            self.n_train, self.n_val = len(self.train_idx), len(self.val_idx)
+            return
         cells = np.flatnonzero(info.lengths > 0)
         shuffled = np.random.RandomState(seed).permutation(cells)
         validation_size = 1 - train_size if validation_size is None else validation_size
@@ -208,3 +224,6 @@ class TokenDataModule(pl.LightningDataModule):
 
     def val_dataloader(self):
         return self._loader(self.val_idx, shuffle=False) if self.n_val else []
+
+    def test_dataloader(self):
+        return self._loader(self.test_idx, shuffle=False)

@@ -48,6 +48,10 @@ class GeneformerModel(BaseModelClass):
         ``"V1"`` or ``"V2"``: the vocabulary the model's tokens come from. Inferred from ``vocab_size`` if omitted.
     checkpoint
         Name or path of the checkpoint the weights came from (informational).
+    classes
+        Class names of a cell-classification head (set by :meth:`train_classifier`).
+    classifier_pooling
+        ``"mean"`` or ``"cls"``: the pooled embedding the classification head reads.
     """
 
     _module_cls = GeneformerModule
@@ -60,6 +64,8 @@ class GeneformerModel(BaseModelClass):
         bert_config: dict,
         vocabulary: str | None = None,
         checkpoint: str | None = None,
+        classes: list[str] | None = None,
+        classifier_pooling: str = "mean",
     ) -> None:
         if adata is None and registry is None:
             registry = _data_free_registry(type(self).__name__)
@@ -68,7 +74,13 @@ class GeneformerModel(BaseModelClass):
         if vocabulary not in ("V1", "V2"):
             msg = "Cannot tell the model's vocabulary from its vocab_size; pass vocabulary='V1' or 'V2'."
             raise ValueError(msg)
-        self.module = GeneformerModule(bert_config)
+        self.module = GeneformerModule(
+            bert_config,
+            n_classes=None if classes is None else len(classes),
+            classifier_pooling=classifier_pooling,
+            special_tokens=vocabulary == "V2",
+        )
+        self.classes = None if classes is None else list(classes)
         self.vocabulary_version = vocabulary
         self.checkpoint = checkpoint
         self.is_trained_ = checkpoint is not None
@@ -306,6 +318,174 @@ class GeneformerModel(BaseModelClass):
         runner()
         self.checkpoint = f"{self.checkpoint} + training" if self.checkpoint else "training"
         self._model_summary_string = self._summary()
+
+    def train_classifier(
+        self,
+        max_epochs: int = 10,
+        *,
+        lr: float = 5e-5,
+        weight_decay: float = 0.001,
+        warmup_steps: int | float = 0.05,
+        schedule: str = "linear",
+        freeze_layers: int = 0,
+        freeze_embeddings: bool = False,
+        pooling: str | None = None,
+        dropout: float = 0.1,
+        group_key: str | None = None,
+        train_size: float = 0.8,
+        validation_size: float = 0.1,
+        early_stopping_patience: int | None = 3,
+        token_budget: int = 8_192,
+        max_cells: int | None = None,
+        accelerator: str = "auto",
+        devices: int | list[int] | str = "auto",
+        strategy: str = "auto",
+        precision: str | None = None,
+        seed: int = 0,
+        **trainer_kwargs,
+    ) -> dict:
+        """Fine-tune the model to classify cells by the ``labels_key`` registered with :meth:`setup_anndata`.
+
+        A classification head (dropout and a linear layer) reads the pooled last-layer embedding. Cells are split
+        into training, validation and test sets, stratified by label or, with ``group_key``, by whole groups (e.g.
+        donors, so that no donor is in two sets). The weights of the epoch with the best validation macro-F1 are
+        kept (training stops after ``early_stopping_patience`` epochs without improvement), then the test set is
+        evaluated.
+
+        Parameters
+        ----------
+        max_epochs
+            Maximum passes over the training cells.
+        lr, weight_decay, warmup_steps, schedule
+            AdamW and learning-rate schedule.
+        freeze_layers
+            Freeze the first ``freeze_layers`` encoder layers (and, with ``freeze_embeddings``, the embeddings).
+        pooling
+            ``"mean"`` (default) or ``"cls"`` (V2 only): the embedding the head reads.
+        dropout
+            Dropout before the head.
+        group_key
+            ``.obs`` column whose groups are kept whole across the splits.
+        train_size, validation_size
+            Shares of labelled cells (or groups) for training and validation; the rest is the test set.
+        early_stopping_patience
+            Stop after this many epochs without a better validation macro-F1 (``None``: never).
+        token_budget, max_cells, accelerator, devices, strategy, precision, seed, **trainer_kwargs
+            As in :meth:`train`.
+
+        Returns
+        -------
+        Test-set ``accuracy``, ``macro_f1``, ``confusion_matrix`` (rows: true, columns: predicted), ``classes`` and
+        ``n_cells``; also stored in ``model.classification_report_`` with the validation history in ``history_``.
+        """
+        import pandas as pd
+        from scvi.train import TrainRunner
+
+        from ..pp._input_ids import EncodingInfo
+        from ._classifier import ClassifierTrainingPlan, classification_metrics, split_cells
+        from ._data import TokenCollator, TokenDataModule
+
+        setup = self.registry_["setup_args"]
+        labels_key = setup.get("labels_key")
+        if self.adata is None or labels_key is None:
+            msg = "Register labelled data first: `GeneformerModel.setup_anndata(adata, labels_key=...)`."
+            raise ValueError(msg)
+        info = EncodingInfo(self.adata, setup.get("encoding_key", "geneformer"))
+        self.check_encoding(info)
+        labels = pd.Series(self.adata.obs[labels_key].to_numpy(dtype=object))
+        usable = np.flatnonzero(labels.notna().to_numpy() & (info.lengths > 0))
+        classes = sorted(map(str, pd.unique(labels.iloc[usable])))
+        if len(classes) < 2:
+            msg = f"obs[{labels_key!r}] needs at least two classes among encoded cells, found {classes}."
+            raise ValueError(msg)
+        codes = np.full(self.adata.n_obs, -1, dtype=np.int64)
+        codes[usable] = pd.Categorical(labels.iloc[usable].astype(str), categories=classes).codes
+        groups = None
+        if group_key is not None:
+            if group_key not in self.adata.obs.columns:
+                msg = f"group_key {group_key!r} is not an .obs column."
+                raise KeyError(msg)
+            groups = self.adata.obs[group_key].astype(str).to_numpy()[usable]
+        train, val, test = split_cells(
+            codes[usable], groups=groups, train_size=train_size, validation_size=validation_size, seed=seed
+        )
+        split = (usable[train], usable[val], usable[test])
+        pooling = pooling or self.module.classifier_pooling
+        if pooling == "cls" and not self.module.special_tokens:
+            msg = "pooling='cls' needs a V2 model; use pooling='mean'."
+            raise ValueError(msg)
+        torch.manual_seed(seed)
+        config = self.module.config
+        self.module.classifier = torch.nn.Sequential(
+            torch.nn.Dropout(dropout), torch.nn.Linear(config.hidden_size, len(classes))
+        )
+        self.module.classifier_pooling = pooling
+        self.classes = classes
+        self.init_params_["non_kwargs"].update(classes=classes, classifier_pooling=pooling)
+        self._freeze(freeze_layers, freeze_embeddings)
+
+        collator = TokenCollator(info, mlm_probability=None, vocab_size=config.vocab_size, labels=codes, seed=seed)
+        data = TokenDataModule(
+            info, collator=collator, token_budget=token_budget, max_cells=max_cells, seed=seed, split=split
+        )
+        plan = ClassifierTrainingPlan(
+            self.module,
+            n_classes=len(classes),
+            lr=lr,
+            weight_decay=weight_decay,
+            warmup_steps=warmup_steps,
+            schedule=schedule,
+        )
+        callbacks = list(trainer_kwargs.pop("callbacks", []))
+        if early_stopping_patience is not None and len(val):
+            from lightning.pytorch.callbacks import EarlyStopping
+
+            callbacks.append(EarlyStopping(monitor="validation_macro_f1", mode="max", patience=early_stopping_patience))
+        if len(val):
+            trainer_kwargs.setdefault("check_val_every_n_epoch", 1)
+        if precision is not None:
+            trainer_kwargs["precision"] = precision
+        TrainRunner(
+            self,
+            training_plan=plan,
+            data_splitter=data,
+            max_epochs=max_epochs,
+            accelerator=accelerator,
+            devices=devices,
+            strategy=strategy,
+            use_distributed_sampler=False,
+            callbacks=callbacks,
+            **trainer_kwargs,
+        )()
+        if plan.best_state is not None:
+            self.module.load_state_dict(plan.best_state)
+        self.module.eval()
+        self.checkpoint = f"{self.checkpoint} + classifier" if self.checkpoint else "classifier"
+        predicted = self._predict_codes(info, split[2], token_budget)
+        self.classification_report_ = classification_metrics(codes[split[2]], predicted, classes)
+        return self.classification_report_
+
+    def _freeze(self, n_layers: int, embeddings: bool) -> None:
+        bert = self.module.mlm.bert
+        for parameter in self.module.parameters():
+            parameter.requires_grad = True
+        for parameter in self.module.mlm.cls.parameters():
+            parameter.requires_grad = False  # the masked-gene head plays no part in classification
+        if embeddings:
+            for parameter in bert.embeddings.parameters():
+                parameter.requires_grad = False
+        if not 0 <= n_layers <= len(bert.encoder.layer):
+            msg = f"freeze_layers must be between 0 and {len(bert.encoder.layer)}."
+            raise ValueError(msg)
+        for layer in bert.encoder.layer[:n_layers]:
+            for parameter in layer.parameters():
+                parameter.requires_grad = False
+
+    def _predict_codes(self, info, cells: np.ndarray, token_budget: int) -> np.ndarray:
+        from ..tl._annotate import class_probabilities
+
+        probabilities = class_probabilities(self, info, cells, token_budget=token_budget, progress_bar=False)
+        return probabilities.argmax(1)
 
     def _summary(self) -> str:
         config = self.module.config

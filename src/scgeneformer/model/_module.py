@@ -7,9 +7,12 @@ from contextlib import contextmanager
 import torch
 from scvi.module.base import BaseModuleClass, LossOutput
 
+from .._engine import gene_token_mask
+
 INPUT_IDS = "input_ids"
 ATTENTION_MASK = "attention_mask"
 MLM_LABELS = "mlm_labels"
+LABELS = "labels"
 
 
 def _key_padding_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -34,16 +37,38 @@ class GeneformerModule(BaseModuleClass):
     ----------
     bert_config
         Keyword arguments of :class:`transformers.BertConfig` (the checkpoint's ``config.json``).
+    n_classes
+        Size of a cell-classification head on the pooled last-layer embedding (``None``: no head).
+    classifier_pooling
+        ``"mean"`` over gene tokens or ``"cls"`` (V2): the embedding the head classifies.
+    classifier_dropout
+        Dropout before the head's linear layer.
+    special_tokens
+        Whether cells are wrapped in ``<cls>`` … ``<eos>`` (V2), which mean pooling leaves out.
     """
 
-    def __init__(self, bert_config: dict) -> None:
+    def __init__(
+        self,
+        bert_config: dict,
+        n_classes: int | None = None,
+        classifier_pooling: str = "mean",
+        classifier_dropout: float = 0.1,
+        special_tokens: bool = False,
+    ) -> None:
         super().__init__()
+        self.special_tokens = special_tokens
         from transformers import BertConfig, BertForMaskedLM
 
         config = BertConfig(**{k: v for k, v in bert_config.items() if k != "architectures"})
         # SDPA attention: several times faster than eager on CPU, flash kernels on GPU.
         config._attn_implementation = "sdpa"
         self.mlm = BertForMaskedLM(config)
+        self.classifier_pooling = classifier_pooling
+        self.classifier = None
+        if n_classes is not None:
+            self.classifier = torch.nn.Sequential(
+                torch.nn.Dropout(classifier_dropout), torch.nn.Linear(config.hidden_size, n_classes)
+            )
 
     @property
     def config(self):
@@ -84,11 +109,36 @@ class GeneformerModule(BaseModuleClass):
         """Encoder hidden states (``"hidden"``)."""
         return {"hidden": self.encode(input_ids, attention_mask, n_layers)}
 
-    def _get_generative_input(self, tensors: dict, inference_outputs: dict) -> dict:
-        return {"hidden": inference_outputs["hidden"], "mlm_labels": tensors.get(MLM_LABELS)}
+    def pool(self, hidden: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor, pooling: str):
+        """Cell embedding: mean over gene tokens (no ``<cls>``, ``<eos>``, padding) or the ``<cls>`` state."""
+        if pooling == "cls":
+            return hidden[:, 0]
+        genes = gene_token_mask(input_ids, attention_mask, has_special_tokens=self.special_tokens)
+        weights = genes.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
 
-    def generative(self, hidden: torch.Tensor, mlm_labels: torch.Tensor | None = None) -> dict:
-        """Masked-gene logits, computed only at the selected (labelled) positions."""
+    def classify(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Class logits of the cell-classification head."""
+        if self.classifier is None:
+            msg = "The model has no classification head; fine-tune it with `train_classifier` first."
+            raise ValueError(msg)
+        hidden = self.encode(input_ids, attention_mask)
+        return self.classifier(self.pool(hidden, input_ids, attention_mask, self.classifier_pooling))
+
+    def _get_generative_input(self, tensors: dict, inference_outputs: dict) -> dict:
+        return {
+            "hidden": inference_outputs["hidden"],
+            "input_ids": tensors[INPUT_IDS],
+            "attention_mask": tensors[ATTENTION_MASK],
+            "mlm_labels": tensors.get(MLM_LABELS),
+            "labels": tensors.get(LABELS),
+        }
+
+    def generative(self, hidden, input_ids, attention_mask, mlm_labels=None, labels=None) -> dict:
+        """Class logits (with cell labels) or masked-gene logits at the selected positions only."""
+        if labels is not None:
+            pooled = self.pool(hidden, input_ids, attention_mask, self.classifier_pooling)
+            return {"class_logits": self.classifier(pooled)}
         if mlm_labels is None:
             return {}
         selected = mlm_labels != -100
@@ -96,7 +146,15 @@ class GeneformerModule(BaseModuleClass):
         return {"logits": self.mlm.cls(hidden[selected]), "targets": mlm_labels[selected], "cells": cell_of_position}
 
     def loss(self, tensors: dict, inference_outputs: dict, generative_outputs: dict) -> LossOutput:
-        """Cross-entropy of the masked genes, averaged over selected positions."""
+        """Cross-entropy of the cell labels, or of the masked genes averaged over selected positions."""
+        if "class_logits" in generative_outputs:
+            logits, labels = generative_outputs["class_logits"], tensors[LABELS]
+            loss = torch.nn.functional.cross_entropy(logits.float(), labels)
+            return LossOutput(
+                loss=loss,
+                n_obs_minibatch=len(labels),
+                extra_metrics={"accuracy": (logits.argmax(-1) == labels).float().mean()},
+            )
         logits, targets = generative_outputs["logits"], generative_outputs["targets"]
         per_position = torch.nn.functional.cross_entropy(logits.float(), targets, reduction="none")
         n_cells = tensors[INPUT_IDS].shape[0]

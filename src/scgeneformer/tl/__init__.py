@@ -1,5 +1,6 @@
-"""Tools: embeddings (and later annotation and in silico perturbation) with Geneformer models."""
+"""Tools: embeddings and cell annotation with Geneformer models."""
 
+from ._annotate import annotate
 from ._embed import embed, state_embeddings
 
-__all__ = ["embed", "state_embeddings"]
+__all__ = ["annotate", "embed", "state_embeddings"]
