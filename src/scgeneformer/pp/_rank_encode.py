@@ -137,8 +137,15 @@ def rank_encode(
             "Pass `gene_id_key=` naming a .var column of Ensembl IDs or gene symbols of human genes."
         )
         raise ValueError(msg)
-    user_n_counts = _obs_numeric(adata, n_counts_key) if n_counts_key is not None else None
-    passes_filter = _obs_filter(adata, filter_key) if filter_key is not None else np.ones(adata.n_obs, dtype=bool)
+    user_n_counts = None
+    if n_counts_key is not None:
+        user_n_counts = _obs_column(
+            adata, n_counts_key, argument="n_counts_key", kinds="iuf", expected="numeric total counts"
+        )
+    passes_filter = np.ones(adata.n_obs, dtype=bool)
+    if filter_key is not None:
+        flags = _obs_column(adata, filter_key, argument="filter_key", kinds="biuf", expected="boolean or 0/1")
+        passes_filter = flags == 1
     if reference_quirks and user_n_counts is None:
         logger.info("reference_quirks without n_counts_key: using the total counts over all genes as n_counts.")
 
@@ -232,26 +239,15 @@ def _gene_ids(adata: AnnData, gene_id_key: str | None) -> np.ndarray:
     return adata.var[gene_id_key].to_numpy(dtype=object)
 
 
-def _obs_numeric(adata: AnnData, key: str) -> np.ndarray:
+def _obs_column(adata: AnnData, key: str, *, argument: str, kinds: str, expected: str) -> np.ndarray:
     if key not in adata.obs.columns:
-        msg = f"n_counts_key {key!r} is not an .obs column; available: {list(adata.obs.columns)}."
+        msg = f"{argument} {key!r} is not an .obs column; available: {list(adata.obs.columns)}."
         raise KeyError(msg)
     values = adata.obs[key].to_numpy()
-    if values.dtype.kind not in "iuf":
-        msg = f"obs[{key!r}] must be numeric total counts, got dtype {values.dtype}."
+    if values.dtype.kind not in kinds:
+        msg = f"obs[{key!r}] must be {expected}, got dtype {values.dtype}."
         raise TypeError(msg)
     return values
-
-
-def _obs_filter(adata: AnnData, key: str) -> np.ndarray:
-    if key not in adata.obs.columns:
-        msg = f"filter_key {key!r} is not an .obs column; available: {list(adata.obs.columns)}."
-        raise KeyError(msg)
-    values = adata.obs[key].to_numpy()
-    if values.dtype.kind not in "biuf":
-        msg = f"obs[{key!r}] must be boolean or 0/1, got dtype {values.dtype}."
-        raise TypeError(msg)
-    return values == 1
 
 
 def _validate_counts(chunk: sp.csr_matrix, adata: AnnData, *, allow_non_integer: bool) -> None:
