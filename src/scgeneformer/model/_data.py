@@ -10,7 +10,7 @@ import torch
 
 from .._engine import pad_sequences, plan_batches
 from ..pp._input_ids import EncodingInfo, sequences_for
-from ._module import ATTENTION_MASK, INPUT_IDS, LABELS, MLM_LABELS
+from ._module import ATTENTION_MASK, GENE_LABELS, INPUT_IDS, LABELS, MLM_LABELS
 
 #: Cells per "megabatch": cells are shuffled, then sorted by length within megabatches so batches hold cells of
 #: similar length (little padding) while the order stays random.
@@ -131,7 +131,24 @@ def mask_genes(
 
 
 class TokenCollator:
-    """Turns a list of cell positions into a padded batch (and masked-gene targets for pretraining)."""
+    """Turns a list of cell positions into a padded batch, with the targets of the training task.
+
+    Parameters
+    ----------
+    info
+        The encoded data.
+    mlm_probability
+        Share of gene tokens masked for masked-gene pretraining (``None``: no masking).
+    vocab_size
+        Number of tokens (random replacements are drawn among the genes).
+    seed
+        Seed of the masking.
+    labels
+        Class code of each cell (cell classification).
+    token_labels
+        Class code of each token id, -100 for unlabelled tokens (gene classification): a lookup array of
+        ``vocab_size`` entries that turns each batch's tokens into per-position gene labels.
+    """
 
     def __init__(
         self,
@@ -141,9 +158,11 @@ class TokenCollator:
         vocab_size: int,
         seed: int = 0,
         labels: np.ndarray | None = None,
+        token_labels: np.ndarray | None = None,
     ) -> None:
         self.info = info
         self.labels = labels
+        self.token_labels = None if token_labels is None else torch.as_tensor(token_labels, dtype=torch.int64)
         self.mlm_probability = mlm_probability
         self.vocab_size = vocab_size
         self.seed = seed
@@ -156,6 +175,8 @@ class TokenCollator:
         batch = {INPUT_IDS: ids, ATTENTION_MASK: mask, "cells": torch.from_numpy(cells)}
         if self.labels is not None:
             batch[LABELS] = torch.from_numpy(self.labels[cells].astype(np.int64))
+        if self.token_labels is not None:
+            batch[GENE_LABELS] = self.token_labels[ids]  # padding (token 0) and special tokens are -100
         if self.mlm_probability:
             if self.generator is None:  # per process: different masks on different ranks
                 self.generator = torch.Generator().manual_seed(self.seed + 7919 * _world()[1])

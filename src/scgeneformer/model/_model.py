@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import logging
+import math
 import os
 import warnings
 from pathlib import Path
@@ -19,9 +21,12 @@ from ._checkpoints import get_checkpoint
 from ._module import GeneformerModule
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
     from anndata import AnnData
 
     from ..pp._input_ids import EncodingInfo
+    from ._gene_classifier import GeneLabels
 
 #: Vocabulary sizes of the two Geneformer vocabularies, used to recognise a checkpoint's vocabulary.
 VOCABULARY_BY_SIZE = {25_426: "V1", 20_275: "V2"}
@@ -52,6 +57,8 @@ class GeneformerModel(BaseModelClass):
         Class names of a cell-classification head (set by :meth:`train_classifier`).
     classifier_pooling
         ``"mean"`` or ``"cls"``: the pooled embedding the classification head reads.
+    gene_classes
+        Class names of a gene-classification head (set by :meth:`train_gene_classifier`).
     """
 
     _module_cls = GeneformerModule
@@ -66,6 +73,7 @@ class GeneformerModel(BaseModelClass):
         checkpoint: str | None = None,
         classes: list[str] | None = None,
         classifier_pooling: str = "mean",
+        gene_classes: list[str] | None = None,
     ) -> None:
         if adata is None and registry is None:
             registry = _data_free_registry(type(self).__name__)
@@ -79,8 +87,10 @@ class GeneformerModel(BaseModelClass):
             n_classes=None if classes is None else len(classes),
             classifier_pooling=classifier_pooling,
             special_tokens=vocabulary == "V2",
+            n_gene_classes=None if gene_classes is None else len(gene_classes),
         )
         self.classes = None if classes is None else list(classes)
+        self.gene_classes = None if gene_classes is None else list(gene_classes)
         self.vocabulary_version = vocabulary
         self.checkpoint = checkpoint
         self.is_trained_ = checkpoint is not None
@@ -465,12 +475,194 @@ class GeneformerModel(BaseModelClass):
         self.classification_report_ = classification_metrics(codes[split[2]], predicted, classes)
         return self.classification_report_
 
+    def train_gene_classifier(
+        self,
+        gene_labels: Mapping[str, Sequence[str]] | str,
+        *,
+        max_epochs: int = 1,
+        lr: float = 5e-5,
+        weight_decay: float = 0.001,
+        warmup_steps: int | float = 0.05,
+        schedule: str = "linear",
+        freeze_layers: int = 0,
+        freeze_embeddings: bool = False,
+        dropout: float = 0.1,
+        validation_size: float = 0.1,
+        n_cells: int | None = None,
+        token_budget: int = 8_192,
+        max_cells: int | None = None,
+        accelerator: str = "auto",
+        devices: int | list[int] | str = "auto",
+        strategy: str = "auto",
+        precision: str | None = None,
+        seed: int = 0,
+        **trainer_kwargs,
+    ) -> None:
+        """Fine-tune the model to classify genes (token classification) on the registered data.
+
+        A gene-classification head (dropout and a linear layer) reads the last-layer hidden state of every gene
+        token. The model trains on the encoded cells that hold at least one labelled gene; the loss is the
+        cross-entropy of the labelled genes' classes at their positions (other genes and special tokens are
+        unlabelled). Of those cells, ``validation_size`` are held out to log the validation loss and gene accuracy.
+        Predict with :func:`scgeneformer.tl.classify_genes`; estimate how well genes of unseen labels are classified
+        with :func:`scgeneformer.tl.gene_classification_cv`.
+
+        Parameters
+        ----------
+        gene_labels
+            ``{class: [genes]}``, genes named as in ``var_names`` or in the ``gene_id_key`` column used by
+            :func:`~scgeneformer.pp.rank_encode` (Ensembl IDs with or without version suffix, any case); or the
+            name of a ``.var`` column holding each gene's class (missing values: unlabelled).
+        max_epochs
+            Passes over the training cells (the reference trains gene classifiers for one epoch).
+        lr, weight_decay, warmup_steps, schedule
+            AdamW and learning-rate schedule.
+        freeze_layers, freeze_embeddings, dropout
+            As in :meth:`train_classifier`.
+        validation_size
+            Share of the cells held out for validation.
+        n_cells
+            Use a random subset of at most this many of the cells holding labelled genes (all by default).
+        token_budget, max_cells, accelerator, devices, strategy, precision, seed, **trainer_kwargs
+            As in :meth:`train`.
+        """
+        from ..pp._input_ids import EncodingInfo
+        from ._gene_classifier import resolve_gene_labels
+
+        if self.adata is None:
+            msg = "Register training data first: `GeneformerModel.setup_anndata(adata)`, then pass it to the model."
+            raise ValueError(msg)
+        info = EncodingInfo(self.adata, self.registry_["setup_args"].get("encoding_key", "geneformer"))
+        self.check_encoding(info)
+        labels = resolve_gene_labels(info, gene_labels)
+        self._fit_gene_classifier(
+            info,
+            labels,
+            max_epochs=max_epochs,
+            lr=lr,
+            weight_decay=weight_decay,
+            warmup_steps=warmup_steps,
+            schedule=schedule,
+            freeze_layers=freeze_layers,
+            freeze_embeddings=freeze_embeddings,
+            dropout=dropout,
+            validation_size=validation_size,
+            n_cells=n_cells,
+            token_budget=token_budget,
+            max_cells=max_cells,
+            accelerator=accelerator,
+            devices=devices,
+            strategy=strategy,
+            precision=precision,
+            seed=seed,
+            **trainer_kwargs,
+        )
+
+    def _fit_gene_classifier(
+        self,
+        info: EncodingInfo,
+        labels: GeneLabels,
+        genes: np.ndarray | None = None,
+        *,
+        max_epochs: int = 1,
+        lr: float = 5e-5,
+        weight_decay: float = 0.001,
+        warmup_steps: int | float = 0.05,
+        schedule: str = "linear",
+        freeze_layers: int = 0,
+        freeze_embeddings: bool = False,
+        dropout: float = 0.1,
+        validation_size: float = 0.1,
+        n_cells: int | None = None,
+        token_budget: int = 8_192,
+        max_cells: int | None = None,
+        accelerator: str = "auto",
+        devices: int | list[int] | str = "auto",
+        strategy: str = "auto",
+        precision: str | None = None,
+        seed: int = 0,
+        **trainer_kwargs,
+    ) -> None:
+        """Train a new gene-classification head on ``info``'s data, labelling only ``labels``' genes ``genes``."""
+        from scvi.train import TrainRunner
+
+        from ._data import TokenCollator, TokenDataModule
+        from ._gene_classifier import cells_with_tokens
+        from ._module import gene_classification_head
+        from ._training import GeneformerTrainingPlan
+
+        genes = np.arange(len(labels.tokens)) if genes is None else np.asarray(genes)
+        if not 0 <= validation_size < 1:
+            msg = f"validation_size must be in [0, 1), got {validation_size}."
+            raise ValueError(msg)
+        rng = np.random.default_rng(seed)
+        cells = rng.permutation(cells_with_tokens(info, labels.tokens[genes]))
+        if n_cells is not None:
+            cells = cells[:n_cells]
+        n_val = math.floor(validation_size * len(cells) + 1e-9)
+        if len(cells) - n_val < 1:
+            msg = "No encoded cell holds a labelled gene to train on."
+            raise ValueError(msg)
+        split = (np.sort(cells[n_val:]), np.sort(cells[:n_val]), np.array([], dtype=np.int64))
+
+        torch.manual_seed(seed)
+        config = self.module.config
+        self.module.gene_classifier = gene_classification_head(config.hidden_size, len(labels.classes), dropout)
+        self.gene_classes = list(labels.classes)
+        self.init_params_["non_kwargs"].update(gene_classes=self.gene_classes)
+        self._freeze(freeze_layers, freeze_embeddings)
+
+        collator = TokenCollator(
+            info,
+            mlm_probability=None,
+            vocab_size=config.vocab_size,
+            token_labels=labels.lookup(config.vocab_size, genes),
+            seed=seed,
+        )
+        data = TokenDataModule(
+            info, collator=collator, token_budget=token_budget, max_cells=max_cells, seed=seed, split=split
+        )
+        plan = GeneformerTrainingPlan(
+            self.module, lr=lr, weight_decay=weight_decay, warmup_steps=warmup_steps, schedule=schedule
+        )
+        if n_val:
+            trainer_kwargs.setdefault("check_val_every_n_epoch", 1)
+        if precision is not None:
+            trainer_kwargs["precision"] = precision
+        TrainRunner(
+            self,
+            training_plan=plan,
+            data_splitter=data,
+            max_epochs=max_epochs,
+            accelerator=accelerator,
+            devices=devices,
+            strategy=strategy,
+            use_distributed_sampler=False,
+            **trainer_kwargs,
+        )()
+        self.module.eval()
+        self.checkpoint = f"{self.checkpoint} + gene classifier" if self.checkpoint else "gene classifier"
+        self._model_summary_string = self._summary()
+
+    def _detached_copy(self) -> GeneformerModel:
+        """A copy of the model (weights and heads) that is not set up on any data."""
+        with torch.device("meta"):  # skip initialising weights that the copied module replaces
+            clone = type(self)(**self.init_params_["non_kwargs"])
+        clone.module = copy.deepcopy(self.module)
+        clone.checkpoint = self.checkpoint
+        clone.is_trained_ = self.is_trained_
+        return clone
+
     def _freeze(self, n_layers: int, embeddings: bool) -> None:
         bert = self.module.mlm.bert
         for parameter in self.module.parameters():
             parameter.requires_grad = True
+        in_encoder = {id(parameter) for parameter in bert.parameters()}
         for parameter in self.module.mlm.cls.parameters():
-            parameter.requires_grad = False  # the masked-gene head plays no part in classification
+            # The masked-gene head plays no part in classification; its decoder shares the word embeddings' weight,
+            # which stays trainable unless the embeddings are frozen.
+            if id(parameter) not in in_encoder:
+                parameter.requires_grad = False
         if embeddings:
             for parameter in bert.embeddings.parameters():
                 parameter.requires_grad = False

@@ -13,6 +13,7 @@ INPUT_IDS = "input_ids"
 ATTENTION_MASK = "attention_mask"
 MLM_LABELS = "mlm_labels"
 LABELS = "labels"
+GENE_LABELS = "gene_labels"
 
 
 def _key_padding_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -31,7 +32,11 @@ def _key_padding_mask(attention_mask: torch.Tensor) -> torch.Tensor:
 
 
 class GeneformerModule(BaseModuleClass):
-    """Geneformer's BERT encoder and masked-gene head.
+    """Geneformer's BERT encoder and masked-gene head, with optional cell- and gene-classification heads.
+
+    The loss follows the tensors of a batch: cell labels (``"labels"``) train the cell-classification head, gene
+    labels (``"gene_labels"``, a class code per token and -100 for unlabelled tokens) the gene-classification head,
+    and masked-gene targets (``"mlm_labels"``) the masked-gene head.
 
     Parameters
     ----------
@@ -42,9 +47,12 @@ class GeneformerModule(BaseModuleClass):
     classifier_pooling
         ``"mean"`` over gene tokens or ``"cls"`` (V2): the embedding the head classifies.
     classifier_dropout
-        Dropout before the head's linear layer.
+        Dropout before the linear layer of each classification head.
     special_tokens
         Whether cells are wrapped in ``<cls>`` … ``<eos>`` (V2), which mean pooling leaves out.
+    n_gene_classes
+        Size of a gene-classification (token-classification) head on the last-layer hidden state of each gene
+        token (``None``: no head).
     """
 
     def __init__(
@@ -54,6 +62,7 @@ class GeneformerModule(BaseModuleClass):
         classifier_pooling: str = "mean",
         classifier_dropout: float = 0.1,
         special_tokens: bool = False,
+        n_gene_classes: int | None = None,
     ) -> None:
         super().__init__()
         self.special_tokens = special_tokens
@@ -69,6 +78,9 @@ class GeneformerModule(BaseModuleClass):
             self.classifier = torch.nn.Sequential(
                 torch.nn.Dropout(classifier_dropout), torch.nn.Linear(config.hidden_size, n_classes)
             )
+        self.gene_classifier = None
+        if n_gene_classes is not None:
+            self.gene_classifier = gene_classification_head(config.hidden_size, n_gene_classes, classifier_dropout)
 
     @property
     def config(self):
@@ -125,6 +137,13 @@ class GeneformerModule(BaseModuleClass):
         hidden = self.encode(input_ids, attention_mask)
         return self.classifier(self.pool(hidden, input_ids, attention_mask, self.classifier_pooling))
 
+    def classify_genes(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Gene-class logits of every token, shape ``(cells, tokens, classes)``, from the gene-classification head."""
+        if self.gene_classifier is None:
+            msg = "The model has no gene-classification head; fine-tune it with `train_gene_classifier` first."
+            raise ValueError(msg)
+        return self.gene_classifier(self.encode(input_ids, attention_mask))
+
     def _get_generative_input(self, tensors: dict, inference_outputs: dict) -> dict:
         return {
             "hidden": inference_outputs["hidden"],
@@ -132,13 +151,23 @@ class GeneformerModule(BaseModuleClass):
             "attention_mask": tensors[ATTENTION_MASK],
             "mlm_labels": tensors.get(MLM_LABELS),
             "labels": tensors.get(LABELS),
+            "gene_labels": tensors.get(GENE_LABELS),
         }
 
-    def generative(self, hidden, input_ids, attention_mask, mlm_labels=None, labels=None) -> dict:
-        """Class logits (with cell labels) or masked-gene logits at the selected positions only."""
+    def generative(self, hidden, input_ids, attention_mask, mlm_labels=None, labels=None, gene_labels=None) -> dict:
+        """Cell-class logits, gene-class logits at the labelled genes, or masked-gene logits at selected positions.
+
+        The task follows the targets present: cell labels, gene labels (-100: unlabelled), masked-gene labels.
+        """
         if labels is not None:
             pooled = self.pool(hidden, input_ids, attention_mask, self.classifier_pooling)
             return {"class_logits": self.classifier(pooled)}
+        if gene_labels is not None:
+            if self.gene_classifier is None:
+                msg = "The model has no gene-classification head."
+                raise ValueError(msg)
+            labelled = gene_labels != -100
+            return {"gene_logits": self.gene_classifier(hidden[labelled]), "gene_targets": gene_labels[labelled]}
         if mlm_labels is None:
             return {}
         selected = mlm_labels != -100
@@ -146,7 +175,10 @@ class GeneformerModule(BaseModuleClass):
         return {"logits": self.mlm.cls(hidden[selected]), "targets": mlm_labels[selected], "cells": cell_of_position}
 
     def loss(self, tensors: dict, inference_outputs: dict, generative_outputs: dict) -> LossOutput:
-        """Cross-entropy of the cell labels, or of the masked genes averaged over selected positions."""
+        """Cross-entropy of the cell labels, of the labelled genes' classes, or of the masked genes.
+
+        Gene-class and masked-gene losses are averaged over the labelled (selected) positions of the batch.
+        """
         if "class_logits" in generative_outputs:
             logits, labels = generative_outputs["class_logits"], tensors[LABELS]
             loss = torch.nn.functional.cross_entropy(logits.float(), labels)
@@ -154,6 +186,17 @@ class GeneformerModule(BaseModuleClass):
                 loss=loss,
                 n_obs_minibatch=len(labels),
                 extra_metrics={"accuracy": (logits.argmax(-1) == labels).float().mean()},
+            )
+        if "gene_logits" in generative_outputs:
+            logits, targets = generative_outputs["gene_logits"], generative_outputs["gene_targets"]
+            n_cells = tensors[INPUT_IDS].shape[0]
+            if len(targets) == 0:  # no labelled gene in this batch: a zero loss that keeps the graph
+                zero = logits.float().sum() * 0.0
+                return LossOutput(loss=zero, n_obs_minibatch=n_cells, extra_metrics={"gene_accuracy": zero.detach()})
+            return LossOutput(
+                loss=torch.nn.functional.cross_entropy(logits.float(), targets),
+                n_obs_minibatch=n_cells,
+                extra_metrics={"gene_accuracy": (logits.argmax(-1) == targets).float().mean()},
             )
         logits, targets = generative_outputs["logits"], generative_outputs["targets"]
         per_position = torch.nn.functional.cross_entropy(logits.float(), targets, reduction="none")
@@ -173,3 +216,8 @@ class GeneformerModule(BaseModuleClass):
     def sample(self, *args, **kwargs):
         """Geneformer is not generative."""
         raise NotImplementedError("Geneformer does not define a sampling distribution.")
+
+
+def gene_classification_head(hidden_size: int, n_classes: int, dropout: float = 0.1) -> torch.nn.Module:
+    """Dropout and a linear layer from each token's hidden state to gene-class logits."""
+    return torch.nn.Sequential(torch.nn.Dropout(dropout), torch.nn.Linear(hidden_size, n_classes))
