@@ -70,6 +70,7 @@ def test_fine_tune_annotate_save_load(tmp_path):
 
     model.save(tmp_path / "classifier")
     loaded = sgf.GeneformerModel.load(tmp_path / "classifier")
+    assert loaded.checkpoint == model.checkpoint == "classifier" and loaded.classes == ["B", "NK", "T"]
     sgf.tl.annotate(query, loaded, progress_bar=False, key_added="again")
     np.testing.assert_array_equal(query.obs["again"], query.obs["geneformer_label"])
     np.testing.assert_allclose(query.obsm["again_probabilities"], probabilities, atol=1e-6)

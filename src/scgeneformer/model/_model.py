@@ -273,8 +273,6 @@ class GeneformerModel(BaseModelClass):
         **trainer_kwargs
             Further :class:`lightning.pytorch.Trainer` arguments.
         """
-        from scvi.train import TrainRunner
-
         from ..pp._input_ids import EncodingInfo
         from ._data import TokenCollator, TokenDataModule
         from ._training import GeneformerTrainingPlan
@@ -307,27 +305,20 @@ class GeneformerModel(BaseModelClass):
 
             callbacks.append(ModelCheckpoint(dirpath=checkpoint_dir, save_top_k=-1, every_n_epochs=1))
             trainer_kwargs["enable_checkpointing"] = True
-        if data.n_val:
-            trainer_kwargs.setdefault("check_val_every_n_epoch", 1)
-        if precision is not None:
-            trainer_kwargs["precision"] = precision
-        runner = TrainRunner(
-            self,
-            training_plan=plan,
-            data_splitter=data,
+        self._run_lightning(
+            plan,
+            data,
+            "training",
             max_epochs=max_epochs,
             accelerator=accelerator,
             devices=devices,
             strategy=strategy,
+            precision=precision,
             gradient_clip_val=gradient_clip_val,
-            use_distributed_sampler=False,  # the batch sampler splits batches across ranks itself
             callbacks=callbacks,
             ckpt_path=ckpt_path,
             **trainer_kwargs,
         )
-        runner()
-        self.checkpoint = f"{self.checkpoint} + training" if self.checkpoint else "training"
-        self._model_summary_string = self._summary()
 
     def train_classifier(
         self,
@@ -389,7 +380,6 @@ class GeneformerModel(BaseModelClass):
         ``n_cells``; also stored in ``model.classification_report_`` with the validation history in ``history_``.
         """
         import pandas as pd
-        from scvi.train import TrainRunner
 
         from ..pp._input_ids import EncodingInfo
         from ._classifier import ClassifierTrainingPlan, classification_metrics, split_cells
@@ -451,26 +441,21 @@ class GeneformerModel(BaseModelClass):
             from lightning.pytorch.callbacks import EarlyStopping
 
             callbacks.append(EarlyStopping(monitor="validation_macro_f1", mode="max", patience=early_stopping_patience))
-        if len(val):
-            trainer_kwargs.setdefault("check_val_every_n_epoch", 1)
-        if precision is not None:
-            trainer_kwargs["precision"] = precision
-        TrainRunner(
-            self,
-            training_plan=plan,
-            data_splitter=data,
+        self._run_lightning(
+            plan,
+            data,
+            "classifier",
             max_epochs=max_epochs,
             accelerator=accelerator,
             devices=devices,
             strategy=strategy,
-            use_distributed_sampler=False,
+            precision=precision,
             callbacks=callbacks,
             **trainer_kwargs,
-        )()
+        )
         if plan.best_state is not None:
             self.module.load_state_dict(plan.best_state)
         self.module.eval()
-        self.checkpoint = f"{self.checkpoint} + classifier" if self.checkpoint else "classifier"
         predicted = self._predict_codes(info, split[2], token_budget)
         self.classification_report_ = classification_metrics(codes[split[2]], predicted, classes)
         return self.classification_report_
@@ -584,8 +569,6 @@ class GeneformerModel(BaseModelClass):
         **trainer_kwargs,
     ) -> None:
         """Train a new gene-classification head on ``info``'s data, labelling only ``labels``' genes ``genes``."""
-        from scvi.train import TrainRunner
-
         from ._data import TokenCollator, TokenDataModule
         from ._gene_classifier import cells_with_tokens
         from ._module import gene_classification_head
@@ -625,23 +608,32 @@ class GeneformerModel(BaseModelClass):
         plan = GeneformerTrainingPlan(
             self.module, lr=lr, weight_decay=weight_decay, warmup_steps=warmup_steps, schedule=schedule
         )
-        if n_val:
-            trainer_kwargs.setdefault("check_val_every_n_epoch", 1)
-        if precision is not None:
-            trainer_kwargs["precision"] = precision
-        TrainRunner(
-            self,
-            training_plan=plan,
-            data_splitter=data,
+        self._run_lightning(
+            plan,
+            data,
+            "gene classifier",
             max_epochs=max_epochs,
             accelerator=accelerator,
             devices=devices,
             strategy=strategy,
-            use_distributed_sampler=False,
+            precision=precision,
             **trainer_kwargs,
-        )()
+        )
+
+    def _run_lightning(self, plan, data, stage: str, *, precision: str | None = None, **trainer_kwargs) -> None:
+        """Fit ``plan`` on ``data`` with scvi-tools' TrainRunner (Lightning), then record what was trained."""
+        from scvi.train import TrainRunner
+
+        if data.n_val:
+            trainer_kwargs.setdefault("check_val_every_n_epoch", 1)
+        if precision is not None:
+            trainer_kwargs["precision"] = precision
+        # The batch sampler splits batches across DDP ranks itself, so Lightning must not inject a sampler.
+        TrainRunner(self, training_plan=plan, data_splitter=data, use_distributed_sampler=False, **trainer_kwargs)()
         self.module.eval()
-        self.checkpoint = f"{self.checkpoint} + gene classifier" if self.checkpoint else "gene classifier"
+        self.checkpoint = f"{self.checkpoint} + {stage}" if self.checkpoint else stage
+        # Saved with the model, so that a loaded model still says where its weights came from.
+        self.init_params_["non_kwargs"]["checkpoint"] = self.checkpoint
         self._model_summary_string = self._summary()
 
     def _detached_copy(self) -> GeneformerModel:
