@@ -72,7 +72,6 @@ class TokenBatch:
     cells: np.ndarray
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
-    lengths: torch.Tensor
 
 
 def pad_sequences(sequences: list[np.ndarray], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -93,17 +92,53 @@ def iter_batches(
     *,
     token_budget: int,
     max_cells: int | None = None,
-    sequence_transform: Callable[[list[np.ndarray]], list[np.ndarray]] | None = None,
 ) -> Iterator[TokenBatch]:
     """Padded batches of the encoded ``cells`` (positions in the AnnData), longest first."""
     lengths = info.lengths[cells]
     for batch in plan_batches(lengths, token_budget=token_budget, max_cells=max_cells):
         positions = cells[batch]
-        sequences = sequences_for(info, positions)
-        if sequence_transform is not None:
-            sequences = sequence_transform(sequences)
-        ids, mask = pad_sequences(sequences)
-        yield TokenBatch(positions, ids, mask, mask.sum(1))
+        ids, mask = pad_sequences(sequences_for(info, positions))
+        yield TokenBatch(positions, ids, mask)
+
+
+def run_batches(
+    model,
+    info: EncodingInfo,
+    cells: np.ndarray,
+    step: Callable[[TokenBatch, torch.Tensor, torch.Tensor], None],
+    *,
+    token_budget: int | None = None,
+    max_cells: int | None = None,
+    device: str | torch.device | None = None,
+    precision: str = "auto",
+    progress_bar: bool = True,
+    description: str = "cells",
+) -> torch.device:
+    """Call ``step(batch, input_ids, attention_mask)`` on every batch of the encoded ``cells``, tensors on device.
+
+    The model's module runs in eval mode (restored afterwards) under ``torch.inference_mode`` and the precision's
+    autocast; cells that were not encoded are skipped. Returns the device used.
+    """
+    from tqdm.auto import tqdm
+
+    model.check_encoding(info)
+    device = resolve_device(device)
+    budget = token_budget or DEFAULT_TOKEN_BUDGET.get(device.type, DEFAULT_TOKEN_BUDGET["cpu"])
+    cells = np.asarray(cells, dtype=np.int64)
+    encoded = cells[info.lengths[cells] > 0]
+    module = model.module.to(device)
+    was_training = module.training
+    module.eval()
+    bar = tqdm(total=len(encoded), desc=description, unit="cell", disable=not progress_bar)
+    try:
+        with torch.inference_mode(), autocast(device, precision):
+            for batch in iter_batches(info, encoded, token_budget=budget, max_cells=max_cells):
+                step(batch, batch.input_ids.to(device), batch.attention_mask.to(device))
+                bar.update(len(batch.cells))
+    finally:
+        bar.close()
+        module.train(was_training)
+    return device
 
 
 def gene_token_mask(input_ids: torch.Tensor, attention_mask: torch.Tensor, has_special_tokens: bool) -> torch.Tensor:

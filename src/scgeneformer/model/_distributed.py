@@ -27,12 +27,7 @@ class _EmbeddingPredictor(pl.LightningModule):
     def predict_step(self, batch, batch_idx):
         ids, mask = batch["input_ids"], batch["attention_mask"]
         hidden = self.module.encode(ids, mask, self.n_run).float()
-        genes = gene_token_mask(ids, mask, self.special)
-        if self.pooling == "cls":
-            pooled = hidden[:, 0]
-        else:
-            weights = genes.unsqueeze(-1).float()
-            pooled = (hidden * weights).sum(1) / weights.sum(1)
+        pooled = self.module.pool(hidden, ids, mask, self.pooling)
         self.outputs.append((batch["cells"].cpu().numpy(), pooled.cpu().numpy()))
         if self.gene_cells is not None:
             config = self.module.config
@@ -41,6 +36,7 @@ class _EmbeddingPredictor(pl.LightningModule):
                     torch.zeros((config.vocab_size, config.hidden_size), dtype=torch.float64),
                     torch.zeros(config.vocab_size, dtype=torch.int64),
                 )
+            genes = gene_token_mask(ids, mask, self.special)
             use = torch.as_tensor(self.gene_cells[batch["cells"].cpu().numpy()], device=ids.device)[:, None] & genes
             self.gene_sums[0].index_add_(0, ids[use].cpu(), hidden[use].double().cpu())
             self.gene_sums[1].index_add_(0, ids[use].cpu(), torch.ones(int(use.sum()), dtype=torch.int64))

@@ -28,32 +28,30 @@ def class_probabilities(
 ) -> np.ndarray:
     """Softmax class probabilities of ``cells`` (positions), NaN rows for cells that were not encoded."""
     import torch
-    from tqdm.auto import tqdm
 
-    from .._engine import DEFAULT_TOKEN_BUDGET, autocast, iter_batches, resolve_device
+    from .._engine import run_batches
 
-    model.check_encoding(info)
     if model.module.classifier is None:
         msg = "The model has no classification head; fine-tune it with `model.train_classifier()` first."
         raise ValueError(msg)
-    device = resolve_device(device)
-    budget = token_budget or DEFAULT_TOKEN_BUDGET.get(device.type, 8_192)
     out = np.full((len(cells), len(model.classes)), np.nan, dtype=np.float32)
     row_of_cell = {int(c): i for i, c in enumerate(cells)}
-    encoded = cells[info.lengths[cells] > 0]
-    module = model.module.to(device)
-    was_training = module.training
-    module.eval()
-    bar = tqdm(total=len(encoded), desc="classifying cells", unit="cell", disable=not progress_bar)
-    try:
-        with torch.inference_mode(), autocast(device, precision):
-            for batch in iter_batches(info, encoded, token_budget=budget):
-                logits = module.classify(batch.input_ids.to(device), batch.attention_mask.to(device))
-                out[[row_of_cell[int(c)] for c in batch.cells]] = torch.softmax(logits.float(), -1).cpu().numpy()
-                bar.update(len(batch.cells))
-    finally:
-        bar.close()
-        module.train(was_training)
+
+    def step(batch, ids, mask):
+        logits = model.module.classify(ids, mask)
+        out[[row_of_cell[int(c)] for c in batch.cells]] = torch.softmax(logits.float(), -1).cpu().numpy()
+
+    run_batches(
+        model,
+        info,
+        cells,
+        step,
+        token_budget=token_budget,
+        device=device,
+        precision=precision,
+        progress_bar=progress_bar,
+        description="classifying cells",
+    )
     return out
 
 

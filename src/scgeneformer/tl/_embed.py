@@ -66,9 +66,8 @@ def compute_embeddings(
     is summed into a ``(vocabulary size, hidden)`` float64 array, returned with the per-token cell counts.
     """
     import torch
-    from tqdm.auto import tqdm
 
-    from .._engine import DEFAULT_TOKEN_BUDGET, autocast, gene_token_mask, iter_batches, resolve_device
+    from .._engine import gene_token_mask, run_batches
 
     model.check_encoding(info)
     module = model.module
@@ -99,8 +98,6 @@ def compute_embeddings(
             precision=precision,
             progress_bar=request.progress_bar,
         )
-    device = resolve_device(request.device)
-    budget = request.token_budget or DEFAULT_TOKEN_BUDGET.get(device.type, 16_384)
     hidden_size = module.config.hidden_size
     out = np.full((len(cells), hidden_size), np.nan, dtype=np.float32)
     row_of_cell = {int(c): i for i, c in enumerate(cells)}
@@ -108,32 +105,28 @@ def compute_embeddings(
     if gene_cells is not None:
         gene_sums = torch.zeros((module.config.vocab_size, hidden_size), dtype=torch.float64)
         gene_counts = torch.zeros(module.config.vocab_size, dtype=torch.int64)
-    encoded = cells[info.lengths[cells] > 0]
-    module.to(device)
-    was_training = module.training
-    module.eval()
-    bar = tqdm(total=len(encoded), desc="embedding cells", unit="cell", disable=not request.progress_bar)
-    try:
-        with torch.inference_mode(), autocast(device, request.precision):
-            for batch in iter_batches(info, encoded, token_budget=budget, max_cells=request.max_cells):
-                ids, mask = batch.input_ids.to(device), batch.attention_mask.to(device)
-                hidden = module.encode(ids, mask, n_run).float()
-                genes = gene_token_mask(ids, mask, special)
-                if request.pooling == "cls":
-                    pooled = hidden[:, 0]
-                else:
-                    weights = genes.unsqueeze(-1).float()
-                    pooled = (hidden * weights).sum(1) / weights.sum(1)
-                rows = [row_of_cell[int(c)] for c in batch.cells]
-                out[rows] = pooled.cpu().numpy()
-                if gene_sums is not None:
-                    use = torch.as_tensor(gene_cells[batch.cells], device=device)[:, None] & genes
-                    gene_sums.index_add_(0, ids[use].cpu(), hidden[use].double().cpu())
-                    gene_counts.index_add_(0, ids[use].cpu(), torch.ones(int(use.sum()), dtype=torch.int64))
-                bar.update(len(batch.cells))
-    finally:
-        bar.close()
-        module.train(was_training)
+
+    def step(batch, ids, mask):
+        hidden = module.encode(ids, mask, n_run).float()
+        out[[row_of_cell[int(c)] for c in batch.cells]] = module.pool(hidden, ids, mask, request.pooling).cpu().numpy()
+        if gene_sums is not None:
+            genes = gene_token_mask(ids, mask, special)
+            use = torch.as_tensor(gene_cells[batch.cells], device=ids.device)[:, None] & genes
+            gene_sums.index_add_(0, ids[use].cpu(), hidden[use].double().cpu())
+            gene_counts.index_add_(0, ids[use].cpu(), torch.ones(int(use.sum()), dtype=torch.int64))
+
+    run_batches(
+        model,
+        info,
+        cells,
+        step,
+        token_budget=request.token_budget,
+        max_cells=request.max_cells,
+        device=request.device,
+        precision=request.precision,
+        progress_bar=request.progress_bar,
+        description="embedding cells",
+    )
     genes_out = None if gene_sums is None else (gene_sums.numpy(), gene_counts.numpy())
     return out, genes_out
 

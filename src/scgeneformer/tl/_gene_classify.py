@@ -37,39 +37,37 @@ def token_class_probabilities(
     number of cells each token occurs in.
     """
     import torch
-    from tqdm.auto import tqdm
 
-    from .._engine import DEFAULT_TOKEN_BUDGET, autocast, gene_token_mask, iter_batches, resolve_device
+    from .._engine import gene_token_mask, resolve_device, run_batches
 
-    model.check_encoding(info)
     if model.module.gene_classifier is None:
         msg = "The model has no gene-classification head; fine-tune it with `model.train_gene_classifier()` first."
         raise ValueError(msg)
     device = resolve_device(device)
-    budget = token_budget or DEFAULT_TOKEN_BUDGET.get(device.type, 8_192)
-    cells = np.asarray(cells, dtype=np.int64)
-    encoded = cells[info.lengths[cells] > 0]
-    module = model.module.to(device)
+    module = model.module
     vocab_size, n_classes = module.config.vocab_size, len(model.gene_classes)
     dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
     sums = torch.zeros(vocab_size, n_classes, dtype=dtype, device=device)
     counts = torch.zeros(vocab_size, dtype=dtype, device=device)
-    was_training = module.training
-    module.eval()
-    bar = tqdm(total=len(encoded), desc="classifying genes", unit="cell", disable=not progress_bar)
-    try:
-        with torch.inference_mode(), autocast(device, precision):
-            for batch in iter_batches(info, encoded, token_budget=budget):
-                ids, mask = batch.input_ids.to(device), batch.attention_mask.to(device)
-                logits = module.classify_genes(ids, mask)
-                genes = gene_token_mask(ids, mask, has_special_tokens=module.special_tokens)
-                tokens = ids[genes]
-                sums.index_add_(0, tokens, torch.softmax(logits[genes].float(), -1).to(dtype))
-                counts.index_add_(0, tokens, torch.ones(len(tokens), dtype=dtype, device=device))
-                bar.update(len(batch.cells))
-    finally:
-        bar.close()
-        module.train(was_training)
+
+    def step(batch, ids, mask):
+        logits = module.classify_genes(ids, mask)
+        genes = gene_token_mask(ids, mask, has_special_tokens=module.special_tokens)
+        tokens = ids[genes]
+        sums.index_add_(0, tokens, torch.softmax(logits[genes].float(), -1).to(dtype))
+        counts.index_add_(0, tokens, torch.ones(len(tokens), dtype=dtype, device=device))
+
+    run_batches(
+        model,
+        info,
+        cells,
+        step,
+        token_budget=token_budget,
+        device=device,
+        precision=precision,
+        progress_bar=progress_bar,
+        description="classifying genes",
+    )
     counts_np = counts.cpu().numpy()
     with np.errstate(invalid="ignore", divide="ignore"):
         probabilities = sums.cpu().numpy() / counts_np[:, None]
