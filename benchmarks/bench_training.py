@@ -1,0 +1,150 @@
+"""Masked-gene training throughput and model-FLOP utilisation of ``GeneformerModel.train``.
+
+A randomly initialised model with the real architecture of a published checkpoint (default Geneformer-V1-10M, no
+download needed) is trained by masked-gene prediction on PBMC 3k cells for ``--warmup + --steps`` optimizer steps
+through ``model.train(max_steps=...)`` (Lightning). A callback times each step from ``on_train_batch_start`` to
+``on_train_batch_end`` (forward, backward, gradient clipping and the AdamW step; batch collation is not included)
+and counts the non-padding tokens and the masked (selected) positions of each batch; the first ``--warmup`` steps
+are not counted. The fp32 matmul peak of the same device is measured in the same run.
+
+Training FLOPs = 3 × forward FLOPs, forward = every matrix product of the encoder on unpadded lengths, as in
+``bench_embed.py`` (per layer and cell of length L: 8·L·d² + 4·L·d·f + 4·L²·d), plus the masked-gene head at the
+selected positions only (2·d² for the transform + 2·d·vocab for the decoder, per selected token).
+
+Usage::
+
+    python benchmarks/bench_training.py [--model Geneformer-V1-10M] [--steps 20] [--warmup 3] [--token-budget 2048]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("SGF_SHARED_DIR", ROOT.parent / "shared"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from bench_embed import matmul_peak, model_flops  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="Geneformer-V1-10M")
+    parser.add_argument("--steps", type=int, default=20, help="timed optimizer steps")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed optimizer steps before them")
+    parser.add_argument("--token-budget", type=int, default=2048, help="padded tokens per batch")
+    parser.add_argument("--accelerator", default="cpu")
+    parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "training.json"))
+    args = parser.parse_args()
+
+    import anndata as ad
+    from lightning.pytorch.callbacks import Callback
+
+    import scgeneformer as sgf
+    from scgeneformer.model._checkpoints import get_checkpoint
+
+    checkpoint = get_checkpoint(args.model)
+    folder = "V1_gc30M" if checkpoint.vocabulary == "V1" else "V2_gc104M"
+    adata = ad.read_h5ad(SHARED / "data" / "datasets" / "pbmc3k_annotated.h5ad")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sgf.pp.rank_encode(adata, vocabulary=SHARED / "data" / "dictionaries" / folder, gene_id_key="ensembl_id")
+    torch.manual_seed(0)
+    sgf.GeneformerModel.setup_anndata(adata)
+    model = sgf.GeneformerModel(adata, bert_config=checkpoint.config, vocabulary=checkpoint.vocabulary)
+    config = model.module.config
+    d, vocab = config.hidden_size, config.vocab_size
+    device = torch.device("cuda" if args.accelerator == "gpu" else "cpu")
+    peak = matmul_peak(device, torch.float32)
+
+    class StepTimer(Callback):
+        def __init__(self) -> None:
+            self.records: list[dict] = []
+            self._start = 0.0
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            self._start = time.perf_counter()
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            seconds = time.perf_counter() - self._start
+            lengths = batch["attention_mask"].sum(1).cpu().numpy()
+            n_selected = int((batch["mlm_labels"] != -100).sum())
+            forward = model_flops(lengths, config, config.num_hidden_layers) + n_selected * (2 * d * d + 2 * d * vocab)
+            self.records.append(
+                {
+                    "seconds": seconds,
+                    "cells": len(lengths),
+                    "tokens": int(lengths.sum()),
+                    "padded_tokens": int(batch["attention_mask"].numel()),
+                    "selected": n_selected,
+                    "train_flops": 3 * forward,
+                }
+            )
+
+    timer = StepTimer()
+    start = time.perf_counter()
+    model.train(
+        max_epochs=1,
+        max_steps=args.warmup + args.steps,
+        token_budget=args.token_budget,
+        train_size=1.0,
+        validation_size=0.0,
+        accelerator=args.accelerator,
+        devices=1,
+        callbacks=[timer],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        logger=False,
+        num_sanity_val_steps=0,
+    )
+    total_wall = time.perf_counter() - start
+    timed = timer.records[args.warmup :]
+    if len(timed) < args.steps:
+        msg = f"Only {len(timer.records)} steps ran (expected {args.warmup + args.steps}): use fewer steps."
+        raise RuntimeError(msg)
+    seconds = sum(r["seconds"] for r in timed)
+    tokens = sum(r["tokens"] for r in timed)
+    cells = sum(r["cells"] for r in timed)
+    flops = sum(r["train_flops"] for r in timed)
+    result = {
+        "model_config": args.model,
+        "init": "random",
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
+        "precision": "32-true",
+        "token_budget": args.token_budget,
+        "warmup_steps": args.warmup,
+        "timed_steps": len(timed),
+        "timed_seconds": seconds,
+        "seconds_per_step": seconds / len(timed),
+        "cells": cells,
+        "tokens": tokens,
+        "padding_share": 1 - tokens / sum(r["padded_tokens"] for r in timed),
+        "mean_length": tokens / cells,
+        "tokens_per_s": tokens / seconds,
+        "cells_per_s": cells / seconds,
+        "train_gflop_per_cell": flops / cells / 1e9,
+        "achieved_tflops": flops / seconds / 1e12,
+        "matmul_peak_tflops": peak / 1e12,
+        "mfu": flops / seconds / peak,
+        "train_call_wall_seconds": total_wall,
+        "steps": timer.records,
+    }
+    print(json.dumps({k: v for k, v in result.items() if k != "steps"}, indent=2))
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
