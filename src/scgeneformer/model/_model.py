@@ -204,6 +204,10 @@ class GeneformerModel(BaseModelClass):
     def load(cls, dir_path: str, adata: AnnData | None = None, **kwargs) -> GeneformerModel:
         """Load a model saved with :meth:`save`; a corrupted or truncated file gives a clear error."""
         path = Path(dir_path)
+        scvi_logger = logging.getLogger("scvi")
+        level = scvi_logger.level
+        # scvi-tools logs "File <path>/model.pt already downloaded" at INFO on every load: noise, not news.
+        scvi_logger.setLevel(max(level, logging.WARNING))
         try:
             with warnings.catch_warnings():
                 # A foundation model is applied to data with other genes than it was saved with: expected.
@@ -215,6 +219,8 @@ class GeneformerModel(BaseModelClass):
         except Exception as e:
             msg = f"Could not load a GeneformerModel from {path}: the saved file is corrupted or truncated ({e})."
             raise ValueError(msg) from e
+        finally:
+            scvi_logger.setLevel(level)
 
     # -- training ------------------------------------------------------------------------------------------------
     def train(
