@@ -86,8 +86,9 @@ def _at_least(batches: list[np.ndarray], n: int) -> list[np.ndarray]:
         largest = max(range(len(batches)), key=lambda i: len(batches[i]))
         batch = batches.pop(largest)
         batches += [batch[: len(batch) // 2], batch[len(batch) // 2 :]]
-    while 0 < len(batches) < n:
-        batches.append(batches[len(batches) % len(batches)])
+    distinct = len(batches)
+    while 0 < distinct and len(batches) < n:
+        batches.append(batches[len(batches) % distinct])  # cycle through the distinct batches
     return batches
 
 
