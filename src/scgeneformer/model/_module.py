@@ -16,13 +16,13 @@ LABELS = "labels"
 GENE_LABELS = "gene_labels"
 
 
-def _key_padding_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+def _key_padding_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
     """A 4-D key mask for SDPA, built once per batch instead of once per layer.
 
     On CPU in float32 an additive float mask is ~15% faster than the boolean one transformers derives from a 2-D
     mask (no per-layer conversion inside the attention kernel); elsewhere (autocast, GPU kernels) a boolean mask.
     """
-    if attention_mask.dim() != 2:
+    if attention_mask is None or attention_mask.dim() != 2:
         return attention_mask
     keep = attention_mask.bool()[:, None, None, :]
     if attention_mask.device.type == "cpu" and not torch.is_autocast_enabled("cpu"):
@@ -103,8 +103,11 @@ class GeneformerModule(BaseModuleClass):
         finally:
             encoder.layer = all_layers
 
-    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, n_layers: int | None = None):
-        """Hidden states after the first ``n_layers`` encoder layers (all by default), without the MLM head."""
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, n_layers: int | None = None):
+        """Hidden states after the first ``n_layers`` encoder layers (all by default), without the MLM head.
+
+        ``attention_mask=None`` means no padding: SDPA then runs without a mask, its fastest path.
+        """
         n_layers = self.n_layers if n_layers is None else n_layers
         if not 0 <= n_layers <= self.n_layers:
             msg = f"n_layers must be between 0 and {self.n_layers}, got {n_layers}."

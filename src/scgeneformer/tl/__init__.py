@@ -1,7 +1,8 @@
-"""Tools: embeddings, cell annotation and gene classification with Geneformer models."""
+"""Tools: embeddings, cell annotation, gene classification and in silico perturbation with Geneformer models."""
 
 from ._annotate import annotate
 from ._embed import embed, state_embeddings
 from ._gene_classify import classify_genes, gene_classification_cv
+from ._perturb import perturb
 
-__all__ = ["annotate", "classify_genes", "embed", "gene_classification_cv", "state_embeddings"]
+__all__ = ["annotate", "classify_genes", "embed", "gene_classification_cv", "perturb", "state_embeddings"]

@@ -1,0 +1,593 @@
+"""``sgf.tl.perturb``: in silico perturbation (deletion, overexpression, inhibition, activation) of genes in cells."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+
+from .._data import resolve_adata
+from .._settings import logger
+from . import _perturb_ops as ops
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from anndata import AnnData
+    from mudata import MuData
+
+    from ..model import GeneformerModel
+    from ..pp._input_ids import EncodingInfo
+    from ..vocabulary import Vocabulary
+
+Perturbation = Literal["delete", "overexpress", "inhibit", "activate"]
+SEQUENCE_BLOCK = 512  # cells whose token sequences are read from the rank layer at once
+
+
+def perturb(
+    data: AnnData | MuData,
+    model: GeneformerModel,
+    genes: str | Sequence[str] = "all",
+    *,
+    perturbation: Perturbation = "delete",
+    anchor_gene: str | None = None,
+    rank_shift: int | float = 0.25,
+    pooling: Literal["mean", "cls"] | None = None,
+    cell_cosine: Literal["pooled", "gene_mean"] = "pooled",
+    gene_shifts: bool = False,
+    state_key: str | None = None,
+    start_state: str | None = None,
+    goal_state: str | None = None,
+    alt_states: Sequence[str] = (),
+    state_embeddings: pd.DataFrame | dict | None = None,
+    cells: np.ndarray | str | Sequence[str] | None = None,
+    max_cells: int | None = None,
+    random_state: int = 42,
+    layer: int = -1,
+    vocabulary: Vocabulary | str | None = None,
+    key_added: str = "geneformer_perturb",
+    encoding_key: str = "geneformer",
+    reference_quirks: bool = False,
+    token_budget: int | None = None,
+    device: str | None = None,
+    precision: str = "auto",
+    progress_bar: bool = True,
+    mod: str = "rna",
+    inplace: bool = True,
+) -> dict[str, pd.DataFrame]:
+    """In silico perturbation of genes: how far each cell (and each of its other genes) moves.
+
+    Every selected cell runs once unperturbed and once per perturbation; perturbed sequences of many cells are
+    batched together by length (see :func:`scgeneformer.tl.embed` for the engine).
+
+    Parameters
+    ----------
+    data
+        AnnData (or MuData) encoded by :func:`scgeneformer.pp.rank_encode` with the model's vocabulary.
+    model
+        A pretrained or fine-tuned :class:`~scgeneformer.GeneformerModel` (for in silico treatment: a model
+        fine-tuned to classify the states).
+    genes
+        ``"all"``: perturb every gene of each cell, one at a time. A gene or list of genes (``var_names``, Ensembl
+        IDs or symbols): perturbed **together**, as one set, in every selected cell.
+    perturbation
+        - ``"delete"``: remove the gene(s) from the ranking.
+        - ``"overexpress"``: move the gene(s) to the top ranks (after ``<cls>`` in V2), keeping their order. With a
+          gene list, genes absent from a cell are inserted and the cell is truncated to the model's input size;
+          the original is then truncated by the same number of genes, so the comparison models the gain of the
+          genes, not the loss of the tail. With ``"all"``, the top-ranked gene is skipped (it is already there).
+        - ``"inhibit"`` / ``"activate"``: move the gene(s) down / up by ``rank_shift`` ranks (the reference lists
+          these but never implemented them). The move is clipped to the cell's last / first gene rank; the other
+          genes keep their order. With several genes, each moves in turn, in rank order.
+    anchor_gene
+        With ``genes="all"``: perturb this gene together with each other gene of the cell (pairs; the reference's
+        ``combos=1``). Only cells expressing it are used.
+    rank_shift
+        Ranks moved by inhibit/activate: an integer, or a fraction of the cell's number of genes (default a
+        quartile, at least one rank).
+    pooling
+        Cell embedding compared: ``"cls"`` (the ``<cls>`` state; default for V2 models) or ``"mean"`` over gene
+        tokens (default for V1).
+    cell_cosine
+        With mean pooling, the per-cell ``cosine``: ``"pooled"`` is the cosine between the perturbed and original
+        mean-pooled cell embeddings; ``"gene_mean"`` the mean over the cell's remaining genes of each gene's
+        cosine between perturbed and original context, which is what the reference reports for V1 models as
+        ``cell_emb``. With ``<cls>`` pooling it is always the cosine of the ``<cls>`` states.
+    gene_shifts
+        Also report, for every perturbation, each remaining gene's cosine between its perturbed and original
+        embeddings (rows with ``affected`` = the gene). Tables get large: about (genes per cell)² rows per cell
+        with ``genes="all"``.
+    state_key, start_state, goal_state, alt_states
+        Goal-state mode: only cells with ``obs[state_key] == start_state`` are perturbed, and for every state
+        (start, goal, alternatives) the shift ``cos(perturbed, state) - cos(original, state)`` is reported
+        (positive: toward the state).
+    state_embeddings
+        Embedding of each state (a DataFrame indexed by state, as returned by
+        :func:`scgeneformer.tl.state_embeddings`, or a mapping state → vector). Default: the exact mean embedding
+        of all encoded cells of each state, computed here with the same ``layer`` and ``pooling``.
+    cells
+        Which cells to perturb: a boolean mask, the name of a boolean ``.obs`` column, or a list of obs names.
+    max_cells
+        Perturb at most this many of the eligible cells, drawn like the reference (the first ``max_cells`` of
+        ``numpy.random.default_rng(random_state).permutation``). Cells then run longest first.
+    random_state
+        Seed of that draw.
+    layer
+        Hidden state compared, as in :func:`~scgeneformer.tl.embed` (default ``-1``, the second-to-last layer, as
+        the reference; use ``0`` with a fine-tuned classifier).
+    vocabulary
+        Dictionaries to name genes (a :class:`~scgeneformer.Vocabulary`, ``"V1"``/``"V2"`` or a folder); default:
+        the model's published vocabulary.
+    key_added
+        Results go to ``.uns[key_added]``: ``{"cells": ..., "genes": ..., "params": ...}``.
+    encoding_key
+        The ``key_added`` of :func:`~scgeneformer.pp.rank_encode`.
+    reference_quirks
+        Reproduce two bugs of the reference, for comparisons with it: with ``genes="all"`` and
+        ``perturbation="overexpress"``, the gene-shift labels shift by one gene (each value is reported under the
+        next gene, and the last gene's value is dropped); and with a gene list, the overflow of the insertion is
+        over-counted by the number of inserted genes, so a cell one gene short of the input size loses a gene of
+        its original that the perturbed cell keeps (that gene is compared with a zero vector, cosine 0).
+    token_budget, device, precision, progress_bar, mod
+        As in :func:`~scgeneformer.tl.embed`.
+    inplace
+        Write the results into ``.uns[key_added]``; they are returned either way.
+
+    Returns
+    -------
+    ``{"cells": DataFrame, "genes": DataFrame}``.
+
+    ``cells``: one row per (cell, perturbation) with ``affected == "cell"`` and, with ``gene_shifts``, one row per
+    (cell, perturbation, remaining gene). Columns: ``cell`` (obs name), ``perturbed`` (symbols, ``+``-joined for a
+    set), ``perturbed_id`` (Ensembl IDs), ``perturbed_token`` (token ids, ``,``-joined), ``affected``,
+    ``affected_id``, ``affected_token`` (``-1`` for the cell), ``cosine`` and, in goal-state mode, ``shift_<state>``
+    for each state.
+
+    ``genes``: one row per perturbation (gene or set) over its cells: ``perturbed``, ``perturbed_id``,
+    ``perturbed_token``, ``n_cells``, ``cosine_mean`` and ``shift_<state>_mean``; sorted by the shift toward the
+    goal state (largest first), or by ``cosine_mean`` (strongest effect first).
+    """
+    import torch
+
+    from .._engine import DEFAULT_TOKEN_BUDGET, resolve_device
+    from ..pp._input_ids import EncodingInfo
+    from ._embed import hidden_state_index
+    from ._perturb_engine import EngineSpec, run_perturbations
+
+    start_time = time.perf_counter()
+    adata = resolve_adata(data, mod)
+    info = EncodingInfo(adata, encoding_key)
+    model.check_encoding(info)
+    vocab = _resolve_vocabulary(vocabulary, model)
+    special = info.n_special > 0
+    if perturbation not in ops.PERTURBATIONS:
+        msg = f"perturbation must be one of {ops.PERTURBATIONS}, got {perturbation!r}."
+        raise ValueError(msg)
+    if cell_cosine not in ("pooled", "gene_mean"):
+        msg = f"cell_cosine must be 'pooled' or 'gene_mean', got {cell_cosine!r}."
+        raise ValueError(msg)
+    pooling = pooling or ("cls" if special else "mean")
+    if pooling not in ("mean", "cls") or (pooling == "cls" and not special):
+        msg = f"pooling must be 'mean' or (V2 models only) 'cls', got {pooling!r}."
+        raise ValueError(msg)
+    n_run = hidden_state_index(layer, model.module.n_layers)
+    tokens = _resolve_genes(genes, adata, info, vocab)
+    anchor = None
+    if anchor_gene is not None:
+        if tokens is not None:
+            msg = "anchor_gene pairs the anchor with every gene of a cell: use it with genes='all'."
+            raise ValueError(msg)
+        (anchor,) = _resolve_genes([anchor_gene], adata, info, vocab)
+    states = _resolve_states(adata, info, state_key, start_state, goal_state, alt_states)
+
+    selected = _select_cells(adata, info, cells, states, tokens, anchor, perturbation, max_cells, random_state)
+    state_matrix = None
+    if states is not None:
+        state_matrix = _state_matrix(
+            adata, model, states, state_embeddings, layer, pooling, encoding_key, token_budget, device, precision
+        )
+
+    max_len = model.module.config.max_position_embeddings
+    n_perturbations = _count_perturbations(info.lengths[selected], tokens, anchor, perturbation, special)
+    jobs = _iter_jobs(info, selected, tokens, anchor, perturbation, rank_shift, max_len, special, reference_quirks)
+    torch_device = resolve_device(device)
+    spec = EngineSpec(
+        n_run=n_run,
+        pooling=pooling,
+        cell_cosine=cell_cosine,
+        special=special,
+        states=None if state_matrix is None else torch.as_tensor(state_matrix),
+        gene_shifts=gene_shifts,
+        token_budget=token_budget or DEFAULT_TOKEN_BUDGET.get(torch_device.type, DEFAULT_TOKEN_BUDGET["cpu"]),
+    )
+    from tqdm.auto import tqdm
+
+    module = model.module.to(torch_device)
+    was_training = module.training
+    module.eval()
+    labels: list[list[tuple[int, ...]]] = []
+    results = []
+    with tqdm(total=n_perturbations, desc="perturbations", unit="seq", disable=not progress_bar) as bar:
+        try:
+            for result in run_perturbations(
+                module, _recording(jobs, labels), spec, device=torch_device, precision=precision, progress=bar
+            ):
+                results.append(result)
+        finally:
+            module.train(was_training)
+
+    quirk_labels = reference_quirks and tokens is None and perturbation == "overexpress"
+    state_names = [] if states is None else states["names"]
+    tables = _tables(adata, selected, labels, results, vocab, state_names, shift_labels=quirk_labels)
+    params = {
+        "genes": "all" if tokens is None else [int(t) for t in tokens],
+        "perturbation": perturbation,
+        "pooling": pooling,
+        "cell_cosine": cell_cosine if pooling == "mean" else "cls",
+        "layer": layer,
+        "hidden_state": n_run,
+        "n_cells": len(selected),
+        "n_perturbations": n_perturbations,
+        "model": model.checkpoint or "untrained",
+        "vocabulary": model.vocabulary_version,
+        "reference_quirks": reference_quirks,
+    }
+    if anchor is not None:
+        params["anchor_token"] = int(anchor)
+    if perturbation in ("inhibit", "activate"):
+        params["rank_shift"] = rank_shift
+    if states is not None:
+        params["states"] = {
+            "state_key": states["key"],
+            "start_state": states["start"],
+            "goal_state": states["goal"],
+            "alt_states": list(states["alt"]),
+        }
+    elapsed = time.perf_counter() - start_time
+    params["seconds"] = round(elapsed, 3)
+    tables["params"] = params
+    if inplace:
+        adata.uns[key_added] = tables
+    logger.info("perturb: %d perturbations of %d cells in %.1f s", n_perturbations, len(selected), elapsed)
+    return tables
+
+
+# -- validation ---------------------------------------------------------------------------------------------------
+def _resolve_vocabulary(vocabulary, model) -> Vocabulary:
+    from ..vocabulary import get_vocabulary
+
+    vocab = get_vocabulary(vocabulary if vocabulary is not None else model.vocabulary_version)
+    if vocab.version != model.vocabulary_version or len(vocab) != model.module.config.vocab_size:
+        msg = (
+            f"The vocabulary ({vocab.version}, {len(vocab)} tokens) does not match the model "
+            f"({model.vocabulary_version}, {model.module.config.vocab_size} tokens)."
+        )
+        raise ValueError(msg)
+    return vocab
+
+
+def _resolve_genes(genes, adata: AnnData, info: EncodingInfo, vocab: Vocabulary) -> tuple[int, ...] | None:
+    """Token ids of the requested genes (``None`` for ``"all"``); unknown genes are an error."""
+    if isinstance(genes, str):
+        if genes == "all":
+            return None
+        genes = [genes]
+    genes = list(genes)
+    if not genes:
+        msg = "genes is empty: pass 'all' or at least one gene."
+        raise ValueError(msg)
+    var_position = {name: i for i, name in enumerate(adata.var_names)}
+    by_vocabulary = vocab.map_gene_ids(genes)
+    tokens, unknown = [], []
+    for gene, token in zip(genes, by_vocabulary, strict=True):
+        column = var_position.get(gene)
+        if column is not None and info.var_token[column] >= 0:
+            token = info.var_token[column]
+        if token < 0:
+            unknown.append(gene)
+        else:
+            tokens.append(int(token))
+    if unknown:
+        msg = (
+            f"Genes not in the {vocab.version} vocabulary: {unknown}. Use var_names, Ensembl IDs or gene symbols of "
+            "genes the model knows."
+        )
+        raise ValueError(msg)
+    if len(set(tokens)) != len(tokens):
+        msg = f"genes {genes} name the same gene more than once."
+        raise ValueError(msg)
+    return tuple(tokens)
+
+
+def _resolve_states(adata, info, state_key, start_state, goal_state, alt_states) -> dict | None:
+    given = [state_key is not None, start_state is not None, goal_state is not None]
+    if not any(given) and not alt_states:
+        return None
+    if not all(given):
+        msg = "Goal-state mode needs state_key, start_state and goal_state together."
+        raise ValueError(msg)
+    if state_key not in adata.obs.columns:
+        msg = f"state_key {state_key!r} is not an .obs column; available: {list(adata.obs.columns)}."
+        raise KeyError(msg)
+    alt_states = [alt_states] if isinstance(alt_states, str) else list(alt_states)
+    names = [start_state, goal_state, *alt_states]
+    if len(set(names)) != len(names):
+        msg = f"start, goal and alternative states must all differ, got {names}."
+        raise ValueError(msg)
+    values = adata.obs[state_key].astype(object).to_numpy()
+    encoded = info.lengths > 0
+    missing = [s for s in names if not (encoded & (values == s)).any()]
+    if missing:
+        msg = f"No encoded cells have {state_key} in {missing}; values present: {sorted(map(str, set(values)))[:20]}."
+        raise ValueError(msg)
+    return {"key": state_key, "start": start_state, "goal": goal_state, "alt": alt_states, "names": names}
+
+
+def _state_matrix(adata, model, states, given, layer, pooling, encoding_key, token_budget, device, precision):
+    """Embeddings of the states, in the order start, goal, alternatives."""
+    import pandas as pd
+
+    from ._embed import state_embeddings
+
+    names = states["names"]
+    if given is None:
+        given = state_embeddings(
+            adata,
+            model,
+            states["key"],
+            groups=names,
+            layer=layer,
+            pooling=pooling,
+            key_added=f"{states['key']}_geneformer_states",
+            encoding_key=encoding_key,
+            token_budget=token_budget,
+            device=device,
+            precision=precision,
+            progress_bar=False,
+        )
+    if isinstance(given, pd.DataFrame):
+        given = {index: row.to_numpy() for index, row in given.iterrows()}
+    missing = [s for s in names if str(s) not in {str(k) for k in given}]
+    if missing:
+        msg = f"state_embeddings has no embedding for the states {missing}."
+        raise ValueError(msg)
+    by_name = {str(k): np.asarray(v, dtype=np.float32).ravel() for k, v in given.items()}
+    matrix = np.stack([by_name[str(s)] for s in names])
+    if matrix.shape[1] != model.module.config.hidden_size:
+        msg = f"State embeddings have {matrix.shape[1]} dimensions; the model has {model.module.config.hidden_size}."
+        raise ValueError(msg)
+    return matrix
+
+
+def _select_cells(adata, info, cells, states, tokens, anchor, perturbation, max_cells, random_state) -> np.ndarray:
+    """Positions of the cells to perturb, longest first (ties in data order), as the reference processes them."""
+    mask = info.lengths > 0
+    if cells is not None:
+        mask &= _cells_mask(adata, cells)
+    if states is not None:
+        mask &= adata.obs[states["key"]].astype(object).to_numpy() == states["start"]
+    required = []
+    if tokens is not None and perturbation != "overexpress":
+        required = list(tokens)
+    if anchor is not None:
+        required = [anchor]
+    for token in required:
+        mask &= _expresses(info, token)
+    if not mask.any():
+        need = "" if not required else f" expressing all of the tokens {required}"
+        msg = f"No encoded cells{need} are left after the cell filters."
+        raise ValueError(msg)
+    selected = np.flatnonzero(mask)
+    if max_cells is not None and len(selected) > max_cells:
+        order = np.random.default_rng(random_state).permutation(len(selected))
+        selected = selected[order[:max_cells]]
+    return selected[np.argsort(-info.lengths[selected], kind="stable")]
+
+
+def _expresses(info: EncodingInfo, token: int) -> np.ndarray:
+    import scipy.sparse as sp
+
+    columns = np.flatnonzero(info.var_token == token)
+    if len(columns) == 0:
+        return np.zeros(len(info.lengths), dtype=bool)
+    ranks = info.ranks[:, columns]
+    ranks = ranks if sp.issparse(ranks) else sp.csr_matrix(ranks)
+    return np.asarray((ranks != 0).sum(axis=1)).ravel() > 0
+
+
+def _cells_mask(adata, cells) -> np.ndarray:
+    if isinstance(cells, str):
+        if cells not in adata.obs.columns:
+            msg = f"cells {cells!r} is not an .obs column."
+            raise KeyError(msg)
+        return adata.obs[cells].to_numpy().astype(bool)
+    values = np.asarray(cells)
+    if values.dtype == bool:
+        if values.shape != (adata.n_obs,):
+            msg = f"A boolean cells mask needs one value per cell ({adata.n_obs}), got shape {values.shape}."
+            raise ValueError(msg)
+        return values
+    names = adata.obs_names.get_indexer(values.astype(str))
+    if (names < 0).any():
+        msg = f"Unknown cells: {list(values[names < 0][:10])}."
+        raise KeyError(msg)
+    mask = np.zeros(adata.n_obs, dtype=bool)
+    mask[names] = True
+    return mask
+
+
+# -- perturbations ------------------------------------------------------------------------------------------------
+def _count_perturbations(lengths, tokens, anchor, perturbation, special) -> int:
+    if tokens is not None:
+        return len(lengths)
+    genes = lengths - (2 if special else 0)
+    if anchor is not None or perturbation == "overexpress":
+        genes = genes - 1
+    return int(np.maximum(genes, 0).sum())
+
+
+def _rank_shift(rank_shift, n_genes: int) -> int:
+    if isinstance(rank_shift, float) and 0 < rank_shift < 1:
+        return max(1, int(n_genes * rank_shift))
+    if int(rank_shift) != rank_shift or rank_shift < 1:
+        msg = f"rank_shift must be a positive integer or a fraction in (0, 1), got {rank_shift!r}."
+        raise ValueError(msg)
+    return int(rank_shift)
+
+
+def _iter_jobs(info, selected, tokens, anchor, perturbation, rank_shift, max_len, special, quirks) -> Iterator:
+    from ..pp._input_ids import sequences_for
+
+    for start in range(0, len(selected), SEQUENCE_BLOCK):
+        block = selected[start : start + SEQUENCE_BLOCK]
+        for cell, ids in zip(block, sequences_for(info, block), strict=True):
+            ids = ids.astype(np.int64)
+            yield _cell_job(int(cell), ids, tokens, anchor, perturbation, rank_shift, max_len, special, quirks)
+
+
+def _cell_job(cell, ids, tokens, anchor, perturbation, rank_shift, max_len, special, quirks) -> ops.CellJob:
+    genes = np.arange(len(ids))[ops.gene_slice(len(ids), special)]
+    shift = _rank_shift(rank_shift, len(genes)) if perturbation in ("inhibit", "activate") else 0
+    shift = -shift if perturbation == "activate" else shift
+
+    def edit(positions):
+        if perturbation == "delete":
+            return ops.delete(ids, positions, special)
+        if perturbation == "overexpress":
+            return ops.move_to_front(ids, positions, special)
+        return ops.move_by(ids, positions, shift, special)
+
+    if tokens is not None:
+        if perturbation == "overexpress":
+            original, perturbed, sources = ops.overexpress_set(ids, tokens, max_len, special, reference_quirks=quirks)
+            job = ops.CellJob(cell, original)
+            job.add(perturbed, sources, tokens)
+            return job
+        job = ops.CellJob(cell, ids)
+        positions = [int(np.flatnonzero(ids == t)[0]) for t in tokens]
+        job.add(*edit(positions), tokens)
+        return job
+    job = ops.CellJob(cell, ids)
+    if anchor is not None:
+        anchor_position = int(np.flatnonzero(ids == anchor)[0])
+        for position in genes:
+            if position != anchor_position:
+                job.add(*edit([anchor_position, int(position)]), (int(ids[position]),))
+        return job
+    if perturbation == "overexpress":
+        genes = genes[1:]  # the top-ranked gene is already at the top
+    for position in genes:
+        job.add(*edit([int(position)]), (int(ids[position]),))
+    return job
+
+
+def _recording(jobs, labels: list) -> Iterator:
+    for job in jobs:
+        labels.append(job.labels)
+        yield job
+
+
+# -- result tables ------------------------------------------------------------------------------------------------
+def _tables(adata, selected, labels, results, vocab: Vocabulary, state_names, *, shift_labels: bool) -> dict:
+    import pandas as pd
+
+    job = np.concatenate([r.job for r in results]) if results else np.empty(0, dtype=np.int64)
+    k = np.concatenate([r.perturbation for r in results]) if results else np.empty(0, dtype=np.int64)
+    order = np.lexsort((k, job))
+    job, k = job[order], k[order]
+    cosine = np.concatenate([r.cosine for r in results])[order] if results else np.empty(0, dtype=np.float32)
+    shifts = None
+    if state_names:
+        shifts = np.concatenate([r.shifts for r in results])[order]
+
+    # perturbation labels → codes of unique labels
+    unique_labels: dict[tuple[int, ...], int] = {}
+    label_code = np.array(
+        [unique_labels.setdefault(labels[j][kk], len(unique_labels)) for j, kk in zip(job, k, strict=True)],
+        dtype=np.int64,
+    )
+    label_list = list(unique_labels)
+    symbols = vocab.id_to_symbol
+    gene_ids = vocab.id_to_gene
+    perturbed = ["+".join(str(symbols[t]) for t in lab) for lab in label_list]
+    perturbed_id = ["+".join(str(gene_ids[t]) for t in lab) for lab in label_list]
+    perturbed_token = [",".join(str(t) for t in lab) for lab in label_list]
+    obs_names = adata.obs_names.to_numpy()
+
+    def categorical(values: list[str], codes: np.ndarray):
+        categories, inverse = np.unique(np.asarray(values, dtype=object), return_inverse=True)
+        return pd.Categorical.from_codes(inverse[codes], categories=categories)
+
+    cell_rows = pd.DataFrame(
+        {
+            "cell": pd.Categorical(obs_names[selected[job]], categories=pd.unique(obs_names[selected])),
+            "perturbed": categorical(perturbed, label_code),
+            "perturbed_id": categorical(perturbed_id, label_code),
+            "perturbed_token": categorical(perturbed_token, label_code),
+            "affected": "cell",
+            "affected_id": "",
+            "affected_token": np.full(len(job), -1, dtype=np.int32),
+            "cosine": cosine,
+        }
+    )
+    for i, name in enumerate(state_names):
+        cell_rows[f"shift_{name}"] = shifts[:, i]
+
+    table = cell_rows
+    gene_results = [r for r in results if r.gene_job is not None]
+    if gene_results:
+        g_job = np.concatenate([r.gene_job for r in gene_results])
+        g_k = np.concatenate([r.gene_perturbation for r in gene_results])
+        g_pos = np.concatenate([r.gene_position for r in gene_results])
+        g_token = np.concatenate([r.gene_token for r in gene_results])
+        g_cos = np.concatenate([r.gene_cosine for r in gene_results])
+        g_order = np.lexsort((g_pos, g_k, g_job))
+        g_job, g_k, g_token, g_cos = g_job[g_order], g_k[g_order], g_token[g_order], g_cos[g_order]
+        if shift_labels:
+            # The reference's overexpress-"all" bug: each value is filed under the next gene; the last is lost.
+            same_next = np.r_[(g_job[1:] == g_job[:-1]) & (g_k[1:] == g_k[:-1]), False]
+            g_token = np.r_[g_token[1:], -1][same_next]
+            g_job, g_k, g_cos = g_job[same_next], g_k[same_next], g_cos[same_next]
+        g_code = np.array([unique_labels[labels[j][kk]] for j, kk in zip(g_job, g_k, strict=True)], dtype=np.int64)
+        gene_rows = pd.DataFrame(
+            {
+                "cell": pd.Categorical(obs_names[selected[g_job]], categories=cell_rows["cell"].cat.categories),
+                "perturbed": categorical(perturbed, g_code),
+                "perturbed_id": categorical(perturbed_id, g_code),
+                "perturbed_token": categorical(perturbed_token, g_code),
+                "affected": pd.Categorical(symbols[g_token].astype(str)),
+                "affected_id": pd.Categorical(gene_ids[g_token].astype(str)),
+                "affected_token": g_token.astype(np.int32),
+                "cosine": g_cos,
+            }
+        )
+        for name in state_names:
+            gene_rows[f"shift_{name}"] = np.float32(np.nan)
+        # each perturbation's cell row, then its gene rows
+        stride = max(k.max(initial=0), g_k.max(initial=0)) + 1
+        keys = np.r_[job * stride + k, g_job * stride + g_k]
+        table = pd.concat([cell_rows, gene_rows], ignore_index=True)
+        for column in ("cell", "perturbed", "perturbed_id", "perturbed_token", "affected", "affected_id"):
+            table[column] = table[column].astype("category")
+        table = table.iloc[np.argsort(keys, kind="stable")].reset_index(drop=True)
+    return {"cells": table, "genes": summarize(cell_rows, state_names)}
+
+
+def summarize(cell_rows: pd.DataFrame, state_names: Sequence[str]) -> pd.DataFrame:
+    """Per-perturbation summary of the cell rows of a perturbation table."""
+    import pandas as pd
+
+    rows = cell_rows[cell_rows["affected"] == "cell"]
+    keys = ["perturbed", "perturbed_id", "perturbed_token"]
+    aggregations = {"n_cells": ("cosine", "size"), "cosine_mean": ("cosine", "mean")}
+    for name in state_names:
+        aggregations[f"shift_{name}_mean"] = (f"shift_{name}", "mean")
+    summary = rows.groupby(keys, observed=True, sort=False).agg(**aggregations).reset_index()
+    for column in keys:
+        summary[column] = summary[column].astype(str)
+    if len(state_names) > 1:
+        summary = summary.sort_values(f"shift_{state_names[1]}_mean", ascending=False, kind="stable")
+    else:
+        summary = summary.sort_values("cosine_mean", kind="stable")
+    return pd.DataFrame(summary).reset_index(drop=True)
