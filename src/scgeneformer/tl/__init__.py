@@ -4,5 +4,14 @@ from ._annotate import annotate
 from ._embed import embed, state_embeddings
 from ._gene_classify import classify_genes, gene_classification_cv
 from ._perturb import perturb
+from ._perturb_stats import perturbation_stats
 
-__all__ = ["annotate", "classify_genes", "embed", "gene_classification_cv", "perturb", "state_embeddings"]
+__all__ = [
+    "annotate",
+    "classify_genes",
+    "embed",
+    "gene_classification_cv",
+    "perturb",
+    "perturbation_stats",
+    "state_embeddings",
+]
