@@ -279,3 +279,25 @@ def test_aggregate_data_of_a_gene_set(setup):
         sgf.tl.perturbation_stats(results, "mixture_model")
     with pytest.raises(ValueError, match="goal-state run"):
         sgf.tl.perturbation_stats(results, "goal_state_shift")
+
+
+def test_plots(setup):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    adata, model, vocab = setup
+    run(adata, model, vocab, state_key="state", start_state="a", goal_state="b", gene_shifts=True, pooling="mean")
+    stats = sgf.tl.perturbation_stats(adata, "goal_state_shift")
+    ax = sgf.pl.perturbation_shifts(adata, n_genes=5, show=False)
+    assert len(ax.get_yticklabels()) == 5
+    shown = [t.get_text().removesuffix(" *") for t in ax.get_yticklabels()]
+    assert shown[0] == stats.sort_values("shift_to_goal", ascending=False)["perturbed"].iloc[0]
+    ax = sgf.pl.perturbation_distribution(adata, n_genes=3, show=False)
+    assert len(ax.get_xticklabels()) == 3
+    ax = sgf.pl.perturbation_heatmap(adata, n_perturbed=4, n_affected=6, show=False)
+    assert ax.images[0].get_array().shape == (4, 6)
+    with pytest.raises(KeyError, match="No perturbation results"):
+        sgf.pl.perturbation_distribution(adata, ["NOT_A_GENE"], show=False)
+    results = run(adata, model, vocab, max_cells=2, inplace=False)
+    with pytest.raises(ValueError, match="gene_shifts=True"):
+        sgf.pl.perturbation_heatmap(results, show=False)

@@ -1,0 +1,210 @@
+"""Plots of in silico perturbation results (:func:`scgeneformer.tl.perturb`)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .._data import resolve_adata
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from anndata import AnnData
+    from matplotlib.axes import Axes
+    from mudata import MuData
+
+
+def _results(data, key: str, mod: str) -> dict:
+    if isinstance(data, dict):
+        return data
+    adata = resolve_adata(data, mod)
+    if key not in adata.uns or "cells" not in adata.uns[key]:
+        msg = f"No perturbation results in .uns[{key!r}]; run sgf.tl.perturb first."
+        raise KeyError(msg)
+    return adata.uns[key]
+
+
+def _effect(results: dict) -> tuple[pd.DataFrame, str, str]:
+    """Cell rows with an ``effect`` column: the shift toward the goal state, or 1 - cosine without states."""
+    rows = results["cells"]
+    rows = rows[rows["affected"] == "cell"].copy()
+    states = results.get("params", {}).get("states")
+    if states:
+        goal = states["goal_state"]
+        rows["effect"] = rows[f"shift_{goal}"].astype(np.float64)
+        return rows, f"shift toward {goal}", "goal"
+    rows["effect"] = 1.0 - rows["cosine"].astype(np.float64)
+    return rows, "1 - cosine similarity (perturbed vs original)", "cosine"
+
+
+def _show(ax, show):
+    import matplotlib.pyplot as plt
+
+    if show:
+        plt.show()
+        return None
+    return ax
+
+
+def perturbation_shifts(
+    data: AnnData | MuData | dict,
+    *,
+    key: str = "geneformer_perturb",
+    n_genes: int = 20,
+    alpha: float = 0.05,
+    ax: Axes | None = None,
+    show: bool | None = None,
+    mod: str = "rna",
+) -> Axes | None:
+    """Mean effect of the strongest perturbations, with significance where statistics were computed.
+
+    The effect is the mean shift toward the goal state (goal-state runs) or the mean ``1 - cosine`` between
+    perturbed and original cell embeddings. Error bars are the standard error over cells. Genes significant in
+    ``.uns[key]["stats_goal_state_shift"]`` (or ``"stats_vs_null"``) at FDR < ``alpha`` are marked with ``*``.
+
+    Parameters
+    ----------
+    data
+        AnnData/MuData with the results in ``.uns[key]``, or the dict returned by :func:`~scgeneformer.tl.perturb`.
+    key
+        The ``key_added`` of :func:`~scgeneformer.tl.perturb`.
+    n_genes
+        Number of perturbations shown, largest effects first.
+    alpha
+        FDR threshold of the significance marks.
+    ax, show, mod
+        As in :func:`~scgeneformer.pl.confusion_matrix`.
+    """
+    import matplotlib.pyplot as plt
+
+    results = _results(data, key, mod)
+    rows, label, _ = _effect(results)
+    summary = rows.groupby("perturbed", observed=True)["effect"].agg(["mean", "sem", "size"])
+    summary = summary.sort_values("mean", ascending=False).head(n_genes)
+    fdr = _fdr_by_gene(results)
+    show = ax is None if show is None else show
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5, 0.3 * len(summary) + 1.5))
+    positions = np.arange(len(summary))[::-1]
+    ax.barh(positions, summary["mean"], xerr=summary["sem"].fillna(0), color="#4c72b0", alpha=0.85)
+    names = []
+    for gene in summary.index:
+        significant = gene in fdr and fdr[gene] < alpha
+        names.append(f"{gene} *" if significant else str(gene))
+    ax.set_yticks(positions, names)
+    ax.set_xlabel(label)
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.set_title(f"top {len(summary)} perturbations" + (f" (* FDR < {alpha})" if fdr else ""))
+    return _show(ax, show)
+
+
+def _fdr_by_gene(results: dict) -> dict[str, float]:
+    for name, column in (("stats_goal_state_shift", "fdr_goal"), ("stats_vs_null", "fdr")):
+        stats = results.get(name)
+        if stats is not None and column in stats:
+            return dict(zip(stats["perturbed"].astype(str), stats[column], strict=True))
+    return {}
+
+
+def perturbation_distribution(
+    data: AnnData | MuData | dict,
+    genes: Sequence[str] | None = None,
+    *,
+    key: str = "geneformer_perturb",
+    n_genes: int = 10,
+    ax: Axes | None = None,
+    show: bool | None = None,
+    mod: str = "rna",
+) -> Axes | None:
+    """Distribution over cells of each perturbation's effect (box plots with the cells as points).
+
+    Parameters
+    ----------
+    data
+        AnnData/MuData with the results in ``.uns[key]``, or the dict returned by :func:`~scgeneformer.tl.perturb`.
+    genes
+        Perturbations to show (``perturbed`` names); default the ``n_genes`` with the largest mean effect.
+    key, n_genes, ax, show, mod
+        As in :func:`perturbation_shifts`.
+    """
+    import matplotlib.pyplot as plt
+
+    results = _results(data, key, mod)
+    rows, label, _ = _effect(results)
+    if genes is None:
+        means = rows.groupby("perturbed", observed=True)["effect"].mean()
+        genes = list(means.sort_values(ascending=False).index[:n_genes])
+    missing = [g for g in genes if g not in set(rows["perturbed"].astype(str))]
+    if missing:
+        msg = f"No perturbation results for {missing}."
+        raise KeyError(msg)
+    values = [rows.loc[rows["perturbed"].astype(str) == g, "effect"].to_numpy() for g in genes]
+    show = ax is None if show is None else show
+    if ax is None:
+        _, ax = plt.subplots(figsize=(0.55 * len(genes) + 2, 4))
+    ax.boxplot(values, showfliers=False)
+    jitter = np.random.default_rng(0)
+    for i, v in enumerate(values, start=1):
+        ax.scatter(i + jitter.uniform(-0.15, 0.15, len(v)), v, s=6, color="black", alpha=0.5)
+    ax.set_xticks(range(1, len(genes) + 1), genes, rotation=90)
+    ax.set_ylabel(label)
+    ax.axhline(0, color="grey", linewidth=0.8, linestyle="--")
+    return _show(ax, show)
+
+
+def perturbation_heatmap(
+    data: AnnData | MuData | dict,
+    *,
+    key: str = "geneformer_perturb",
+    perturbed: Sequence[str] | None = None,
+    n_perturbed: int = 15,
+    n_affected: int = 30,
+    cmap: str = "viridis",
+    ax: Axes | None = None,
+    show: bool | None = None,
+    mod: str = "rna",
+) -> Axes | None:
+    """Heatmap of the genes most affected by each perturbation (needs ``gene_shifts=True`` in ``perturb``).
+
+    Cells hold the mean ``1 - cosine`` of the affected gene's embedding (columns) when the row's gene is
+    perturbed, over the cells where both occur; blank where they never co-occur.
+
+    Parameters
+    ----------
+    data
+        AnnData/MuData with the results in ``.uns[key]``, or the dict returned by :func:`~scgeneformer.tl.perturb`.
+    key
+        The ``key_added`` of :func:`~scgeneformer.tl.perturb`.
+    perturbed
+        Perturbations (rows) to show; default the ``n_perturbed`` with the largest mean effect on other genes.
+    n_affected
+        Columns: the genes with the largest mean effect over the rows shown.
+    cmap, ax, show, mod
+        As in :func:`~scgeneformer.pl.confusion_matrix`.
+    """
+    import matplotlib.pyplot as plt
+
+    table = _results(data, key, mod)["cells"]
+    genes = table[table["affected"] != "cell"]
+    if genes.empty:
+        msg = "The results hold no gene shifts: run sgf.tl.perturb(..., gene_shifts=True)."
+        raise ValueError(msg)
+    genes = genes.assign(effect=1.0 - genes["cosine"].astype(np.float64))
+    matrix = genes.pivot_table(index="perturbed", columns="affected", values="effect", aggfunc="mean", observed=True)
+    if perturbed is None:
+        perturbed = list(matrix.mean(axis=1).sort_values(ascending=False).index[:n_perturbed])
+    matrix = matrix.loc[list(perturbed)]
+    columns = matrix.mean(axis=0).sort_values(ascending=False).index[:n_affected]
+    matrix = matrix[columns]
+    show = ax is None if show is None else show
+    if ax is None:
+        _, ax = plt.subplots(figsize=(0.3 * len(columns) + 3, 0.3 * len(matrix) + 2))
+    image = ax.imshow(matrix.to_numpy(dtype=float), cmap=cmap, aspect="auto")
+    ax.set_xticks(range(len(columns)), columns, rotation=90)
+    ax.set_yticks(range(len(matrix)), matrix.index)
+    ax.set_xlabel("affected gene")
+    ax.set_ylabel("perturbed gene")
+    ax.figure.colorbar(image, ax=ax, label="1 - cosine of the affected gene")
+    return _show(ax, show)
