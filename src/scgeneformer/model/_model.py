@@ -382,8 +382,9 @@ class GeneformerModel(BaseModelClass):
 
         Returns
         -------
-        Test-set ``accuracy``, ``macro_f1``, ``confusion_matrix`` (rows: true, columns: predicted), ``classes`` and
-        ``n_cells``; also stored in ``model.classification_report_`` with the validation history in ``history_``.
+        Test-set ``accuracy``, ``macro_f1``, ``confusion_matrix`` (rows: true, columns: predicted), ``classes``,
+        ``n_cells`` and ``test_cells`` (their obs names, e.g. to evaluate or perturb only held-out cells); also
+        stored in ``model.classification_report_`` with the validation history in ``history_``.
         """
         import pandas as pd
 
@@ -464,6 +465,7 @@ class GeneformerModel(BaseModelClass):
         self.module.eval()
         predicted = self._predict_codes(info, split[2], token_budget)
         self.classification_report_ = classification_metrics(codes[split[2]], predicted, classes)
+        self.classification_report_["test_cells"] = self.adata.obs_names[split[2]].to_numpy(dtype=str)
         return self.classification_report_
 
     def train_gene_classifier(
