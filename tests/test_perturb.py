@@ -301,3 +301,31 @@ def test_plots(setup):
     results = run(adata, model, vocab, max_cells=2, inplace=False)
     with pytest.raises(ValueError, match="gene_shifts=True"):
         sgf.pl.perturbation_heatmap(results, show=False)
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_shared_first_layer_equals_plain_forward_passes(vocab, layers):
+    from scgeneformer.tl._first_layer import DeletionFirstLayer, run_remaining_layers
+
+    model = tiny_model(vocab, layers=2)
+    bert = model.module.mlm.bert
+    ids = torch.as_tensor(np.random.default_rng(1).integers(5, len(vocab), 23))
+    first_layer = DeletionFirstLayer(bert, ids)
+    # windows of one, several and non-adjacent deletions, at both ends of the cell
+    for deletions in ([0], [3, 4, 5, 6], [1, 7, 22], [22], list(range(23))):
+        expected = torch.stack([embed_one(model, np.delete(ids.numpy(), i), layers) for i in deletions])
+        with torch.inference_mode():
+            got = run_remaining_layers(bert, first_layer(torch.as_tensor(deletions)), layers)
+        torch.testing.assert_close(got, expected, atol=2e-5, rtol=0)
+
+
+def test_perturb_gives_the_same_results_with_and_without_the_shared_first_layer(setup, monkeypatch):
+    from scgeneformer.tl._first_layer import DeletionFirstLayer
+
+    adata, model, vocab = setup
+    options = {"max_cells": 3, "gene_shifts": True, "pooling": "mean", "token_budget": 100}
+    shared = run(adata, model, vocab, **options)["cells"]
+    monkeypatch.setattr(DeletionFirstLayer, "fits", staticmethod(lambda n, heads: False))
+    plain = run(adata, model, vocab, **options)["cells"]
+    pd.testing.assert_frame_equal(shared.drop(columns="cosine"), plain.drop(columns="cosine"))
+    np.testing.assert_allclose(shared["cosine"], plain["cosine"], atol=1e-5)

@@ -479,6 +479,8 @@ def _cell_job(cell, ids, tokens, anchor, perturbation, rank_shift, max_len, spec
         genes = genes[1:]  # the top-ranked gene is already at the top
     for position in genes:
         job.add(*edit([int(position)]), (int(ids[position]),))
+    if perturbation == "delete":
+        job.deleted = [int(p) for p in genes]
     return job
 
 

@@ -11,12 +11,13 @@ Results are returned as flat arrays, so memory stays proportional to the results
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from .._engine import autocast, pad_sequences, plan_batches
+from ._first_layer import DeletionFirstLayer, run_remaining_layers
 from ._perturb_ops import ZERO, CellJob
 
 #: Perturbed tokens per chunk of cells: bounds the memory of the originals' bank and of pending results.
@@ -34,6 +35,8 @@ class EngineSpec:
     states: torch.Tensor | None  # (n_states, hidden) or None
     gene_shifts: bool
     token_budget: int
+    #: compute the first layer of a cell's single-gene deletions together (exact; see ``_first_layer``)
+    share_first_layer: bool = True
 
 
 @dataclass
@@ -89,6 +92,87 @@ def _state_shifts(perturbed: torch.Tensor, original: torch.Tensor, states: torch
     return after - before
 
 
+@dataclass
+class _Outputs:
+    job: list = field(default_factory=list)
+    k: list = field(default_factory=list)
+    cos: list = field(default_factory=list)
+    shift: list = field(default_factory=list)
+    genes: list = field(default_factory=list)
+
+
+def _first_layer_applies(module, job: CellJob, spec: EngineSpec) -> bool:
+    return (
+        spec.share_first_layer
+        and job.deleted is not None
+        and spec.n_run >= 1
+        and len(job.original) > 2
+        and DeletionFirstLayer.fits(len(job.original), module.config.num_attention_heads)
+    )
+
+
+def _run_deletions(module, j: int, context, progress) -> None:
+    """All single-gene deletions of job ``j``: first layer shared (see ``_first_layer``), then the other layers."""
+    jobs, spec = context[0], context[5]
+    job = jobs[j]
+    device = context[2].device
+    ids = torch.as_tensor(job.original, dtype=torch.long, device=device)
+    first_layer = DeletionFirstLayer(module.mlm.bert, ids)
+    order = np.argsort(job.deleted, kind="stable")
+    length = len(job.original) - 1
+    size = max(1, spec.token_budget // length)
+    for start in range(0, len(order), size):
+        ks = order[start : start + size]
+        deletions = torch.as_tensor(np.asarray(job.deleted)[ks], dtype=torch.long, device=device)
+        hidden = run_remaining_layers(module.mlm.bert, first_layer(deletions), spec.n_run).float()
+        lengths = torch.full((len(ks),), length, device=device)
+        _compare(hidden, (len(ks), length), lengths, [(j, int(k)) for k in ks], context)
+        if progress is not None:
+            progress.update(len(ks))
+
+
+def _compare(hidden, shape, batch_lengths, batch_items, context) -> None:
+    """Cell cosines, state shifts and gene cosines of one batch of perturbed hidden states."""
+    jobs, offsets, bank, bank_tokens, pooled_original, spec, states, need_genes, out = context
+    device = hidden.device
+    job_index = np.array([j for j, _ in batch_items])
+    k_index = np.array([k for _, k in batch_items])
+    pooled = _pool(hidden, batch_lengths, spec)
+    original = pooled_original[torch.as_tensor(job_index, device=device)]
+    cosine = None
+    if need_genes:
+        src = np.full(shape, -1, dtype=np.int64)
+        for row, (j, k) in enumerate(batch_items):
+            s = jobs[j].sources[k]
+            src[row, : len(s)] = np.where(s >= 0, s + offsets[j], np.where(s == ZERO, 0, -1))
+        src_t = torch.as_tensor(src, device=device)
+        compared = src_t >= 0
+        gene_cos = torch.nn.functional.cosine_similarity(hidden, bank[src_t.clamp(min=0)], dim=-1)
+        gene_cos = gene_cos.masked_fill(~compared, 0.0)
+        if spec.cell_cosine == "gene_mean" and spec.pooling == "mean":
+            cosine = gene_cos.sum(1) / compared.sum(1).clamp(min=1)
+        if spec.gene_shifts:
+            labelled = compared & (src_t > 0)
+            rows, cols = torch.nonzero(labelled, as_tuple=True)
+            rows_np, flat = rows.cpu().numpy(), src[labelled.cpu().numpy()]
+            out.genes.append(
+                (
+                    job_index[rows_np],
+                    k_index[rows_np],
+                    bank_tokens[flat],
+                    flat - offsets[job_index[rows_np]],
+                    gene_cos[rows, cols].cpu().numpy(),
+                )
+            )
+    if cosine is None:
+        cosine = torch.nn.functional.cosine_similarity(pooled, original, dim=-1)
+    out.job.append(job_index)
+    out.k.append(k_index)
+    out.cos.append(cosine.cpu().numpy())
+    if states is not None:
+        out.shift.append(_state_shifts(pooled, original, states).cpu().numpy())
+
+
 def run_perturbations(
     module,
     jobs: Iterable[CellJob],
@@ -125,55 +209,24 @@ def _run_chunk(module, chunk, spec: EngineSpec, states, need_genes: bool, device
         for row, j in enumerate(batch):
             bank[offsets[j] : offsets[j] + lengths[j]] = hidden[row, : lengths[j]]
 
-    # 2. all perturbed sequences of the chunk, longest first
-    items = [(j, k) for j, job in enumerate(jobs) for k in range(len(job.perturbed))]
-    item_lengths = np.array([len(jobs[j].perturbed[k]) for j, k in items])
-    out_job, out_k, out_cos, out_shift = [], [], [], []
-    gene_parts: list[tuple] = []
+    # 2. all perturbed sequences of the chunk, longest first; single-gene deletions of a cell share their first layer
+    out = _Outputs()
+    context = (jobs, offsets, bank, bank_tokens, pooled_original, spec, states, need_genes, out)
+    fast = {j for j, job in enumerate(jobs) if _first_layer_applies(module, job, spec)}
+    for j in sorted(fast):
+        _run_deletions(module, j, context, progress)
+    items = [(j, k) for j, job in enumerate(jobs) if j not in fast for k in range(len(job.perturbed))]
+    item_lengths = np.array([len(jobs[j].perturbed[k]) for j, k in items], dtype=np.int64)
     for batch in plan_batches(item_lengths, token_budget=spec.token_budget):
         batch_items = [items[i] for i in batch]
         ids, _ = pad_sequences([jobs[j].perturbed[k] for j, k in batch_items])
         ids = ids.to(device)
         batch_lengths = torch.as_tensor(item_lengths[batch], device=device)
         hidden = _encode(module, ids, batch_lengths, spec.n_run)
-        job_index = np.array([j for j, _ in batch_items])
-        job_tensor = torch.as_tensor(job_index, device=device)
-        pooled = _pool(hidden, batch_lengths, spec)
-        original = pooled_original[job_tensor]
-        cosine = None
-        if need_genes:
-            src = np.full(ids.shape, -1, dtype=np.int64)
-            for row, (j, k) in enumerate(batch_items):
-                s = jobs[j].sources[k]
-                src[row, : len(s)] = np.where(s >= 0, s + offsets[j], np.where(s == ZERO, 0, -1))
-            src_t = torch.as_tensor(src, device=device)
-            compared = src_t >= 0
-            gene_cos = torch.nn.functional.cosine_similarity(hidden, bank[src_t.clamp(min=0)], dim=-1)
-            gene_cos = gene_cos.masked_fill(~compared, 0.0)
-            if spec.cell_cosine == "gene_mean" and spec.pooling == "mean":
-                cosine = gene_cos.sum(1) / compared.sum(1).clamp(min=1)
-            if spec.gene_shifts:
-                labelled = compared & (src_t > 0)
-                rows, cols = torch.nonzero(labelled, as_tuple=True)
-                rows_np, flat = rows.cpu().numpy(), src[labelled.cpu().numpy()]
-                gene_parts.append(
-                    (
-                        job_index[rows_np],
-                        np.array([k for _, k in batch_items])[rows_np],
-                        bank_tokens[flat],
-                        flat - offsets[job_index[rows_np]],
-                        gene_cos[rows, cols].cpu().numpy(),
-                    )
-                )
-        if cosine is None:
-            cosine = torch.nn.functional.cosine_similarity(pooled, original, dim=-1)
-        out_job.append(job_index)
-        out_k.append(np.array([k for _, k in batch_items]))
-        out_cos.append(cosine.cpu().numpy())
-        if states is not None:
-            out_shift.append(_state_shifts(pooled, original, states).cpu().numpy())
+        _compare(hidden, ids.shape, batch_lengths, batch_items, context)
         if progress is not None:
             progress.update(len(batch_items))
+    out_job, out_k, out_cos, out_shift, gene_parts = out.job, out.k, out.cos, out.shift, out.genes
 
     chunk_ids = np.array([index for index, _ in chunk])
     result = ChunkResult(

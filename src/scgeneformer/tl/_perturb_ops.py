@@ -34,6 +34,8 @@ class CellJob:
     sources: list[np.ndarray] = field(default_factory=list)
     #: per perturbed sequence: the perturbed token ids
     labels: list[tuple[int, ...]] = field(default_factory=list)
+    #: when every perturbation deletes one gene: its position, per perturbed sequence (enables the shared first layer)
+    deleted: list[int] | None = None
 
     def add(self, perturbed: np.ndarray, sources: np.ndarray, label: tuple[int, ...]) -> None:
         self.perturbed.append(perturbed)
