@@ -20,6 +20,15 @@ SHARED_REASON = f"needs the shared data folder {SHARED} (set SGF_SHARED_DIR to w
 N_FAKE_GENES = 4200
 
 
+GOLDEN_INPUTS = {
+    "A": ("data", "datasets", "pbmc3k_annotated.h5ad"),
+    "B": ("data", "datasets", "celltypist_demo_559cells.h5ad"),
+    "D": ("golden", "inputs", "D.h5ad"),
+    "D2": ("golden", "inputs", "D2.h5ad"),
+}
+DICTIONARIES = {"V1": "V1_gc30M", "V2": "V2_gc104M"}
+
+
 def shared_path(*parts: str) -> Path:
     """A path inside the shared data folder; skips the test when it is missing."""
     path = SHARED.joinpath(*parts)
@@ -173,3 +182,25 @@ def isolated_settings(tmp_path):
     sgf.settings.cache_dir = tmp_path / "cache"
     yield sgf.settings
     sgf.settings.cache_dir, sgf.settings.hub_url = cache_before, url_before
+
+
+def encode_golden_input(name: str, version: str, **kwargs) -> ad.AnnData:
+    """A golden input data set (A, B, D, D2) rank-encoded with the real dictionaries, as the reference ran on it."""
+    import warnings
+
+    import scgeneformer as sgf
+
+    adata = ad.read_h5ad(shared_path(*GOLDEN_INPUTS[name]))
+    options = {"filter_key": "filter_pass"} if "filter_pass" in adata.obs else {}
+    options |= kwargs
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        sgf.pp.rank_encode(
+            adata,
+            vocabulary=shared_path("data", "dictionaries", DICTIONARIES[version]),
+            gene_id_key="ensembl_id",
+            n_counts_key="n_counts",
+            allow_non_integer=True,
+            **options,
+        )
+    return adata

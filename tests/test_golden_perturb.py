@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import gzip
 import json
-import warnings
 from functools import cache
 
 import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import shared_path
+from helpers import DICTIONARIES, encode_golden_input, shared_path
 
 import scgeneformer as sgf
 
@@ -34,7 +33,6 @@ RUNS = [
     "f4_V2_delete_TMSB4X_B2M_cls_and_gene_20cells",
     "f5_V2_goal_state_delete_all_cls_3cells",
 ]
-DICTIONARIES = {"V1": "V1_gc30M", "V2": "V2_gc104M"}
 
 
 def params_of(run: str) -> dict:
@@ -61,19 +59,7 @@ def merged_raw(run: str, states: list | None) -> dict:
 
 @cache
 def encoded(dataset: str, version: str) -> ad.AnnData:
-    path = ("data", "datasets", "pbmc3k_annotated.h5ad") if dataset == "A" else ("golden", "inputs", "D.h5ad")
-    adata = ad.read_h5ad(shared_path(*path))
-    options = {"filter_key": "filter_pass", "allow_non_integer": True} if dataset == "D" else {}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        sgf.pp.rank_encode(
-            adata,
-            vocabulary=shared_path("data", "dictionaries", DICTIONARIES[version]),
-            gene_id_key="ensembl_id",
-            n_counts_key="n_counts",
-            reference_quirks=True,
-            **options,
-        )
+    adata = encode_golden_input(dataset, version, reference_quirks=True)
     if dataset == "A":
         adata.obs["cell_label"] = adata.obs["cell_type"]
     return adata

@@ -1,37 +1,14 @@
 """Token identity with the reference tokenizer's golden outputs (``../shared/golden/tokens``)."""
 
-import warnings
-
-import anndata as ad
 import numpy as np
 import pytest
-from helpers import shared_path
+from helpers import GOLDEN_INPUTS, encode_golden_input, shared_path
 
 import scgeneformer as sgf
 
-INPUTS = {
-    "A": ("data", "datasets", "pbmc3k_annotated.h5ad"),
-    "B": ("data", "datasets", "celltypist_demo_559cells.h5ad"),
-    "D": ("golden", "inputs", "D.h5ad"),
-    "D2": ("golden", "inputs", "D2.h5ad"),
-}
-DICTIONARIES = {"V1": "V1_gc30M", "V2": "V2_gc104M"}
-
 
 def encode_like_reference(name, version, **kwargs):
-    adata = ad.read_h5ad(shared_path(*INPUTS[name]))
-    options = {"filter_key": "filter_pass"} if "filter_pass" in adata.obs else {}
-    options |= kwargs
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        sgf.pp.rank_encode(
-            adata,
-            vocabulary=shared_path("data", "dictionaries", DICTIONARIES[version]),
-            gene_id_key="ensembl_id",
-            n_counts_key="n_counts",
-            allow_non_integer=True,
-            **options,
-        )
+    adata = encode_golden_input(name, version, **kwargs)
     with np.load(shared_path("golden", "tokens", f"tokens_{name}_{version}.npz"), allow_pickle=True) as npz:
         golden = dict(npz)  # an NpzFile decompresses an array on every access
     return adata, golden
@@ -62,7 +39,7 @@ def assert_equal_up_to_ties(ours, ref, tie_run, *, tie_at_cut, cell):
 
 
 @pytest.mark.parametrize("version", ["V1", "V2"])
-@pytest.mark.parametrize("name", list(INPUTS))
+@pytest.mark.parametrize("name", list(GOLDEN_INPUTS))
 def test_reference_quirks_reproduce_golden_tokens(name, version):
     adata, golden = encode_like_reference(name, version, reference_quirks=True)
     encoded = adata.obs_names[adata.obs["geneformer_n_tokens"].to_numpy() > 0]
