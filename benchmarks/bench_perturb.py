@@ -56,6 +56,9 @@ def main() -> None:
     parser.add_argument("--device", default=None)
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--token-budget", type=int, default=None)
+    parser.add_argument(
+        "--compare-plain", action="store_true", help="also time the engine without the shared first layer"
+    )
     parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "perturb.json"))
     args = parser.parse_args()
 
@@ -96,13 +99,27 @@ def main() -> None:
     peak = matmul_peak(device, peak_dtype)
     # Warm-up (allocator, kernels) on a small cell, not timed.
     sgf.tl.perturb(adata, model, "all", cells=["GGCATATGGGGAGT-1"], **options)
-    times, results = [], None
-    for _ in range(args.repeats):
-        start = time.perf_counter()
-        results = sgf.tl.perturb(adata, model, "all", **selection, **options)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
+
+    def timed_runs() -> tuple[list[float], dict]:
+        times, results = [], None
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            results = sgf.tl.perturb(adata, model, "all", **selection, **options)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - start)
+        return times, results
+
+    times, results = timed_runs()
+    plain_times = None
+    if args.compare_plain:
+        from scgeneformer.tl._first_layer import DeletionFirstLayer
+
+        fits = DeletionFirstLayer.fits
+        DeletionFirstLayer.fits = staticmethod(lambda n, heads: False)
+        plain_times, plain_results = timed_runs()
+        DeletionFirstLayer.fits = fits
+        difference = (plain_results["cells"]["cosine"] - results["cells"]["cosine"]).abs().max()
     cells = results["cells"]
     names = list(dict.fromkeys(cells["cell"].astype(str)))
     lengths = adata.obs.loc[names, "geneformer_n_tokens"].to_numpy()
@@ -130,6 +147,11 @@ def main() -> None:
         "matmul_peak_gflops": peak / 1e9,
         "mfu": flops / median / peak,
     }
+    if plain_times is not None:
+        result["plain_first_layer_seconds"] = plain_times
+        result["plain_first_layer_median_seconds"] = statistics.median(plain_times)
+        result["speedup_of_shared_first_layer"] = statistics.median(plain_times) / median
+        result["max_abs_cosine_difference_to_plain"] = float(difference)
     print(json.dumps(result, indent=2))
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(result, indent=2))
