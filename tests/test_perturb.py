@@ -329,3 +329,14 @@ def test_perturb_gives_the_same_results_with_and_without_the_shared_first_layer(
     plain = run(adata, model, vocab, **options)["cells"]
     pd.testing.assert_frame_equal(shared.drop(columns="cosine"), plain.drop(columns="cosine"))
     np.testing.assert_allclose(shared["cosine"], plain["cosine"], atol=1e-5)
+
+
+def test_backed_data(setup, tmp_path):
+    adata, model, vocab = setup
+    ids = sgf.pp.input_ids(adata, [0])[0]
+    gene = vocab.id_to_gene[ids[-3]]
+    in_memory = run(adata, model, vocab, [gene], inplace=False)["cells"]
+    adata.write_h5ad(tmp_path / "encoded.h5ad")
+    backed = ad.read_h5ad(tmp_path / "encoded.h5ad", backed="r")
+    on_disk = run(backed, model, vocab, [gene], inplace=False)["cells"]
+    pd.testing.assert_frame_equal(in_memory, on_disk)

@@ -385,15 +385,19 @@ def _select_cells(adata, info, cells, states, tokens, anchor, perturbation, max_
     return selected[np.argsort(-info.lengths[selected], kind="stable")]
 
 
-def _expresses(info: EncodingInfo, token: int) -> np.ndarray:
+def _expresses(info: EncodingInfo, token: int, block: int = 20_000) -> np.ndarray:
+    """Which cells hold ``token`` in their encoding; the rank layer is read in row blocks (it may be on disk)."""
     import scipy.sparse as sp
 
+    out = np.zeros(len(info.lengths), dtype=bool)
     columns = np.flatnonzero(info.var_token == token)
     if len(columns) == 0:
-        return np.zeros(len(info.lengths), dtype=bool)
-    ranks = info.ranks[:, columns]
-    ranks = ranks if sp.issparse(ranks) else sp.csr_matrix(ranks)
-    return np.asarray((ranks != 0).sum(axis=1)).ravel() > 0
+        return out
+    for start in range(0, len(out), block):
+        rows = info.ranks[start : start + block]
+        rows = rows if sp.issparse(rows) else sp.csr_matrix(rows)
+        out[start : start + rows.shape[0]] = np.asarray((rows[:, columns] != 0).sum(axis=1)).ravel() > 0
+    return out
 
 
 def _cells_mask(adata, cells) -> np.ndarray:
