@@ -52,6 +52,16 @@ def model_flops(lengths: np.ndarray, config, n_layers: int) -> float:
     return float(n_layers * per_layer.sum())
 
 
+def random_model(checkpoint):
+    """A randomly initialised model (seed 0, eval mode) with the architecture of a published checkpoint."""
+    import scgeneformer as sgf
+
+    torch.manual_seed(0)
+    model = sgf.GeneformerModel(bert_config=checkpoint.config, vocabulary=checkpoint.vocabulary)
+    model.module.eval()
+    return model
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="Geneformer-V1-10M")
@@ -78,9 +88,7 @@ def main() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         sgf.pp.rank_encode(adata, vocabulary=SHARED / "data" / "dictionaries" / folder, gene_id_key="ensembl_id")
-    torch.manual_seed(0)
-    model = sgf.GeneformerModel(bert_config=checkpoint.config, vocabulary=checkpoint.vocabulary)
-    model.module.eval()
+    model = random_model(checkpoint)
     device = resolve_device(args.device)
     config = model.module.config
     n_run = hidden_state_index(args.layer, config.num_hidden_layers)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from bench_embed import ROOT, SHARED, matmul_peak, model_flops
+from bench_embed import ROOT, SHARED, matmul_peak, model_flops, random_model
 
 CELL = "ACGACCCTTGACCA-1"
 
@@ -75,9 +75,7 @@ def main() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         sgf.pp.rank_encode(adata, vocabulary=folder, gene_id_key="ensembl_id", n_counts_key="n_counts")
-    torch.manual_seed(0)
-    model = sgf.GeneformerModel(bert_config=checkpoint.config, vocabulary=checkpoint.vocabulary)
-    model.module.eval()
+    model = random_model(checkpoint)
     device = resolve_device(args.device)
     config = model.module.config
     n_run = hidden_state_index(args.layer, config.num_hidden_layers)
