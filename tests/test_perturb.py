@@ -170,6 +170,8 @@ def test_gene_sets_anchor_pairs_and_inhibition(setup):
     n_genes = len(ids) - (2 if vocab.has_special_tokens else 0)
     assert len(pairs) == n_genes - 1 and first not in set(pairs["perturbed_id"])
     moved = {"cells": adata.obs_names[:2], "pooling": "mean"}
+    by_state = run(adata, model, vocab, cells={"state": ["b", "c"]}, max_cells=3)["cells"]
+    assert set(adata.obs.loc[by_state["cell"].astype(str), "state"]) <= {"b", "c"}
     inhibited = run(adata, model, vocab, perturbation="inhibit", rank_shift=3, **moved)["cells"]
     activated = run(adata, model, vocab, perturbation="activate", **moved)["cells"]
     assert len(inhibited) == len(activated) > 0

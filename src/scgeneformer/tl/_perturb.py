@@ -41,7 +41,7 @@ def perturb(
     goal_state: str | None = None,
     alt_states: Sequence[str] = (),
     state_embeddings: pd.DataFrame | dict | None = None,
-    cells: np.ndarray | str | Sequence[str] | None = None,
+    cells: np.ndarray | str | Sequence[str] | dict | None = None,
     max_cells: int | None = None,
     random_state: int = 42,
     layer: int = -1,
@@ -107,7 +107,8 @@ def perturb(
         :func:`scgeneformer.tl.state_embeddings`, or a mapping state → vector). Default: the exact mean embedding
         of all encoded cells of each state, computed here with the same ``layer`` and ``pooling``.
     cells
-        Which cells to perturb: a boolean mask, the name of a boolean ``.obs`` column, or a list of obs names.
+        Which cells to perturb: a boolean mask, the name of a boolean ``.obs`` column, a list of obs names, or a
+        mapping ``{obs column: allowed values}`` (the reference's ``filter_data``).
     max_cells
         Perturb at most this many of the eligible cells, drawn like the reference (the first ``max_cells`` of
         ``numpy.random.default_rng(random_state).permutation``). Cells then run longest first.
@@ -401,6 +402,15 @@ def _expresses(info: EncodingInfo, token: int, block: int = 20_000) -> np.ndarra
 
 
 def _cells_mask(adata, cells) -> np.ndarray:
+    if isinstance(cells, dict):  # {obs column: allowed values}, like the reference's filter_data
+        mask = np.ones(adata.n_obs, dtype=bool)
+        for column, allowed in cells.items():
+            if column not in adata.obs.columns:
+                msg = f"cells filter column {column!r} is not an .obs column."
+                raise KeyError(msg)
+            allowed = [allowed] if isinstance(allowed, str) or not np.iterable(allowed) else list(allowed)
+            mask &= adata.obs[column].isin(allowed).to_numpy()
+        return mask
     if isinstance(cells, str):
         if cells not in adata.obs.columns:
             msg = f"cells {cells!r} is not an .obs column."
