@@ -342,3 +342,13 @@ def test_backed_data(setup, tmp_path):
     backed = ad.read_h5ad(tmp_path / "encoded.h5ad", backed="r")
     on_disk = run(backed, model, vocab, [gene], inplace=False)["cells"]
     pd.testing.assert_frame_equal(in_memory, on_disk)
+
+
+def test_mixed_precision_runs_and_stays_close(setup):
+    # bf16 autocast is the default on CUDA; on CPU it exercises the same code path (shared first layer included).
+    adata, model, vocab = setup
+    options = {"max_cells": 2, "pooling": "mean", "gene_shifts": True, "inplace": False}
+    full = run(adata, model, vocab, **options)["cells"]
+    mixed = run(adata, model, vocab, precision="bf16", **options)["cells"]
+    pd.testing.assert_frame_equal(full.drop(columns="cosine"), mixed.drop(columns="cosine"))
+    np.testing.assert_allclose(full["cosine"], mixed["cosine"], atol=1e-2)
