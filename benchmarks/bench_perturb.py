@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import statistics
 import time
 import warnings
@@ -144,6 +145,8 @@ def main() -> None:
         "achieved_gflops": flops / median / 1e9,
         "matmul_peak_gflops": peak / 1e9,
         "mfu": flops / median / peak,
+        # peak resident memory of the whole process (data, model and imports included)
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
     if plain_times is not None:
         result["plain_first_layer_seconds"] = plain_times
