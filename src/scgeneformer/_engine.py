@@ -9,7 +9,7 @@ grow with the number of cells.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,6 +45,27 @@ def autocast(device: torch.device, precision: str = "auto"):
         msg = f"precision must be 'auto', 'fp32', 'bf16' or 'fp16', got {precision!r}."
         raise ValueError(msg)
     return torch.autocast(device_type=device.type, dtype=dtypes[precision])
+
+
+def resolve_token_budget(token_budget: int | None, device: torch.device) -> int:
+    """The requested token budget, or the device type's default."""
+    return token_budget or DEFAULT_TOKEN_BUDGET.get(device.type, DEFAULT_TOKEN_BUDGET["cpu"])
+
+
+@contextmanager
+def inference(module: torch.nn.Module, device: torch.device, precision: str = "auto") -> Iterator[torch.nn.Module]:
+    """``module`` on ``device`` in eval mode, under ``torch.inference_mode`` and the precision's autocast.
+
+    The module's training mode is restored afterwards.
+    """
+    module = module.to(device)
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.inference_mode(), autocast(device, precision):
+            yield module
+    finally:
+        module.train(was_training)
 
 
 def plan_batches(lengths: np.ndarray, *, token_budget: int, max_cells: int | None = None) -> list[np.ndarray]:
@@ -123,21 +144,16 @@ def run_batches(
 
     model.check_encoding(info)
     device = resolve_device(device)
-    budget = token_budget or DEFAULT_TOKEN_BUDGET.get(device.type, DEFAULT_TOKEN_BUDGET["cpu"])
+    budget = resolve_token_budget(token_budget, device)
     cells = np.asarray(cells, dtype=np.int64)
     encoded = cells[info.lengths[cells] > 0]
-    module = model.module.to(device)
-    was_training = module.training
-    module.eval()
-    bar = tqdm(total=len(encoded), desc=description, unit="cell", disable=not progress_bar)
-    try:
-        with torch.inference_mode(), autocast(device, precision):
-            for batch in iter_batches(info, encoded, token_budget=budget, max_cells=max_cells):
-                step(batch, batch.input_ids.to(device), batch.attention_mask.to(device))
-                bar.update(len(batch.cells))
-    finally:
-        bar.close()
-        module.train(was_training)
+    with (
+        tqdm(total=len(encoded), desc=description, unit="cell", disable=not progress_bar) as bar,
+        inference(model.module, device, precision),
+    ):
+        for batch in iter_batches(info, encoded, token_budget=budget, max_cells=max_cells):
+            step(batch, batch.input_ids.to(device), batch.attention_mask.to(device))
+            bar.update(len(batch.cells))
     return device
 
 

@@ -7,8 +7,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .._data import resolve_adata
-
 if TYPE_CHECKING:
     import pandas as pd
     from anndata import AnnData
@@ -17,13 +15,9 @@ if TYPE_CHECKING:
 
 
 def _results(data, key: str, mod: str) -> dict:
-    if isinstance(data, dict):
-        return data
-    adata = resolve_adata(data, mod)
-    if key not in adata.uns or "cells" not in adata.uns[key]:
-        msg = f"No perturbation results in .uns[{key!r}]; run sgf.tl.perturb first."
-        raise KeyError(msg)
-    return adata.uns[key]
+    from ..tl._perturb_stats import perturbation_results
+
+    return perturbation_results(data, key, mod)[0]
 
 
 def _effect(results: dict) -> tuple[pd.DataFrame, str, str]:

@@ -24,10 +24,7 @@ class DeletionFirstLayer:
     """First-layer outputs of single-gene deletions of one cell (``ids``: the original token ids, 1-D)."""
 
     def __init__(self, bert, ids: torch.Tensor) -> None:
-        self.bert = bert
-        layer = bert.encoder.layer[0]
-        self.attention = layer.attention
-        self.layer = layer
+        self.layer = bert.encoder.layer[0]
         embeddings = bert.embeddings
         n = ids.shape[0]
         self.n = n
@@ -38,16 +35,17 @@ class DeletionFirstLayer:
         # layer inputs: A rows keep their token, B rows take the next one
         self.x_a = embeddings.LayerNorm(words[:-1] + base)
         self.x_b = embeddings.LayerNorm(words[1:] + base)
-        self_attention = self.attention.self
+        self_attention = self.layer.attention.self
         heads, head_size = self_attention.num_attention_heads, self_attention.attention_head_size
         self.heads, self.head_size = heads, head_size
 
         def split(x):  # (n-1, d) -> (heads, n-1, head_size)
             return x.view(n - 1, heads, head_size).transpose(0, 1)
 
-        q_a, k_a, v_a = (split(f(self.x_a)) for f in (self_attention.query, self_attention.key, self_attention.value))
-        q_b, k_b, v_b = (split(f(self.x_b)) for f in (self_attention.query, self_attention.key, self_attention.value))
-        scale = self_attention.scaling if hasattr(self_attention, "scaling") else head_size**-0.5
+        projections = (self_attention.query, self_attention.key, self_attention.value)
+        q_a, k_a, v_a = (split(f(self.x_a)) for f in projections)
+        q_b, k_b, v_b = (split(f(self.x_b)) for f in projections)
+        scale = getattr(self_attention, "scaling", head_size**-0.5)  # transformers 4.x has no attribute
         self.v_a, self.v_b = v_a, v_b
         # exponentiated scores, stabilised by each query's maximum over both key blocks
         self.w = {}
@@ -97,7 +95,7 @@ class DeletionFirstLayer:
         context = torch.cat([out_a[:, :, :first], middle, out_b[:, :, last - first :]], dim=2)
         context = context.transpose(1, 2).reshape(len(deletions), n - 1, self.heads * self.head_size)
         inputs = torch.where(is_a[..., None], self.x_a[None], self.x_b[None])
-        attention_output = self.attention.output(context, inputs)
+        attention_output = self.layer.attention.output(context, inputs)
         intermediate = self.layer.intermediate(attention_output)
         return self.layer.output(intermediate, attention_output)
 

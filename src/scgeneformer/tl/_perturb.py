@@ -151,7 +151,7 @@ def perturb(
     """
     import torch
 
-    from .._engine import DEFAULT_TOKEN_BUDGET, resolve_device
+    from .._engine import inference, resolve_device, resolve_token_budget
     from ..pp._input_ids import EncodingInfo
     from ._embed import hidden_state_index
     from ._perturb_engine import EngineSpec, run_perturbations
@@ -197,26 +197,18 @@ def perturb(
         n_run=n_run,
         pooling=pooling,
         cell_cosine=cell_cosine,
-        special=special,
         states=None if state_matrix is None else torch.as_tensor(state_matrix),
         gene_shifts=gene_shifts,
-        token_budget=token_budget or DEFAULT_TOKEN_BUDGET.get(torch_device.type, DEFAULT_TOKEN_BUDGET["cpu"]),
+        token_budget=resolve_token_budget(token_budget, torch_device),
     )
     from tqdm.auto import tqdm
 
-    module = model.module.to(torch_device)
-    was_training = module.training
-    module.eval()
     labels: list[list[tuple[int, ...]]] = []
-    results = []
-    with tqdm(total=n_perturbations, desc="perturbations", unit="seq", disable=not progress_bar) as bar:
-        try:
-            for result in run_perturbations(
-                module, _recording(jobs, labels), spec, device=torch_device, precision=precision, progress=bar
-            ):
-                results.append(result)
-        finally:
-            module.train(was_training)
+    with (
+        tqdm(total=n_perturbations, desc="perturbations", unit="seq", disable=not progress_bar) as bar,
+        inference(model.module, torch_device, precision) as module,
+    ):
+        results = list(run_perturbations(module, _recording(jobs, labels), spec, progress=bar))
 
     quirk_labels = reference_quirks and tokens is None and perturbation == "overexpress"
     state_names = [] if states is None else states["names"]
@@ -565,7 +557,10 @@ def _tables(adata, selected, labels, results, vocab: Vocabulary, state_names, *,
             same_next = np.r_[(g_job[1:] == g_job[:-1]) & (g_k[1:] == g_k[:-1]), False]
             g_token = np.r_[g_token[1:], -1][same_next]
             g_job, g_k, g_cos = g_job[same_next], g_k[same_next], g_cos[same_next]
-        g_code = np.array([unique_labels[labels[j][kk]] for j, kk in zip(g_job, g_k, strict=True)], dtype=np.int64)
+        # every gene row's perturbation has a cell row; cell rows are sorted by (job, perturbation)
+        stride = max(k.max(initial=0), g_k.max(initial=0)) + 1
+        cell_keys, gene_keys = job * stride + k, g_job * stride + g_k
+        g_code = label_code[np.searchsorted(cell_keys, gene_keys)]
         gene_rows = pd.DataFrame(
             {
                 "cell": pd.Categorical(obs_names[selected[g_job]], categories=cell_rows["cell"].cat.categories),
@@ -581,8 +576,7 @@ def _tables(adata, selected, labels, results, vocab: Vocabulary, state_names, *,
         for name in state_names:
             gene_rows[f"shift_{name}"] = np.float32(np.nan)
         # each perturbation's cell row, then its gene rows
-        stride = max(k.max(initial=0), g_k.max(initial=0)) + 1
-        keys = np.r_[job * stride + k, g_job * stride + g_k]
+        keys = np.r_[cell_keys, gene_keys]
         table = pd.concat([cell_rows, gene_rows], ignore_index=True)
         for column in ("cell", "perturbed", "perturbed_id", "perturbed_token", "affected", "affected_id"):
             table[column] = table[column].astype("category")

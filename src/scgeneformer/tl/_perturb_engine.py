@@ -11,12 +11,12 @@ Results are returned as flat arrays, so memory stays proportional to the results
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from .._engine import autocast, pad_sequences, plan_batches
+from .._engine import pad_sequences, plan_batches
 from ._first_layer import DeletionFirstLayer, run_remaining_layers
 from ._perturb_ops import ZERO, CellJob
 
@@ -31,12 +31,15 @@ class EngineSpec:
     n_run: int
     pooling: str  # "mean" or "cls"
     cell_cosine: str  # "pooled" or "gene_mean"
-    special: bool
     states: torch.Tensor | None  # (n_states, hidden) or None
     gene_shifts: bool
     token_budget: int
     #: compute the first layer of a cell's single-gene deletions together (exact; see ``_first_layer``)
     share_first_layer: bool = True
+
+    @property
+    def needs_gene_cosines(self) -> bool:
+        return self.gene_shifts or (self.cell_cosine == "gene_mean" and self.pooling == "mean")
 
 
 @dataclass
@@ -66,25 +69,6 @@ def _chunks(jobs: Iterable[CellJob], chunk_tokens: int) -> Iterator[list[tuple[i
         yield chunk
 
 
-def _encode(module, ids: torch.Tensor, lengths: torch.Tensor, n_run: int) -> torch.Tensor:
-    # Equal lengths need no mask, which lets SDPA pick its fastest kernel.
-    if bool((lengths == ids.shape[1]).all()):
-        mask = None
-    else:
-        mask = (torch.arange(ids.shape[1], device=ids.device)[None, :] < lengths[:, None]).long()
-    return module.encode(ids, mask, n_run).float()
-
-
-def _pool(hidden: torch.Tensor, lengths: torch.Tensor, spec: EngineSpec) -> torch.Tensor:
-    if spec.pooling == "cls":
-        return hidden[:, 0]
-    positions = torch.arange(hidden.shape[1], device=hidden.device)[None, :]
-    first = 1 if spec.special else 0
-    last = lengths[:, None] - (1 if spec.special else 0)
-    weights = ((positions >= first) & (positions < last)).unsqueeze(-1).to(hidden.dtype)
-    return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
-
-
 def _state_shifts(perturbed: torch.Tensor, original: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
     cos = torch.nn.functional.cosine_similarity
     after = cos(perturbed[:, None, :], states[None, :, :], dim=-1)
@@ -92,155 +76,141 @@ def _state_shifts(perturbed: torch.Tensor, original: torch.Tensor, states: torch
     return after - before
 
 
-@dataclass
-class _Outputs:
-    job: list = field(default_factory=list)
-    k: list = field(default_factory=list)
-    cos: list = field(default_factory=list)
-    shift: list = field(default_factory=list)
-    genes: list = field(default_factory=list)
-
-
-def _first_layer_applies(module, job: CellJob, spec: EngineSpec) -> bool:
-    return (
-        spec.share_first_layer
-        and job.deleted is not None
-        and spec.n_run >= 1
-        and len(job.original) > 2
-        and DeletionFirstLayer.fits(len(job.original), module.config.num_attention_heads)
-    )
-
-
-def _run_deletions(module, j: int, context, progress) -> None:
-    """All single-gene deletions of job ``j``: first layer shared (see ``_first_layer``), then the other layers."""
-    jobs, spec = context[0], context[5]
-    job = jobs[j]
-    device = context[2].device
-    ids = torch.as_tensor(job.original, dtype=torch.long, device=device)
-    first_layer = DeletionFirstLayer(module.mlm.bert, ids)
-    order = np.argsort(job.deleted, kind="stable")
-    length = len(job.original) - 1
-    size = max(1, spec.token_budget // length)
-    for start in range(0, len(order), size):
-        ks = order[start : start + size]
-        deletions = torch.as_tensor(np.asarray(job.deleted)[ks], dtype=torch.long, device=device)
-        hidden = run_remaining_layers(module.mlm.bert, first_layer(deletions), spec.n_run).float()
-        lengths = torch.full((len(ks),), length, device=device)
-        _compare(hidden, (len(ks), length), lengths, [(j, int(k)) for k in ks], context)
-        if progress is not None:
-            progress.update(len(ks))
-
-
-def _compare(hidden, shape, batch_lengths, batch_items, context) -> None:
-    """Cell cosines, state shifts and gene cosines of one batch of perturbed hidden states."""
-    jobs, offsets, bank, bank_tokens, pooled_original, spec, states, need_genes, out = context
-    device = hidden.device
-    job_index = np.array([j for j, _ in batch_items])
-    k_index = np.array([k for _, k in batch_items])
-    pooled = _pool(hidden, batch_lengths, spec)
-    original = pooled_original[torch.as_tensor(job_index, device=device)]
-    cosine = None
-    if need_genes:
-        src = np.full(shape, -1, dtype=np.int64)
-        for row, (j, k) in enumerate(batch_items):
-            s = jobs[j].sources[k]
-            src[row, : len(s)] = np.where(s >= 0, s + offsets[j], np.where(s == ZERO, 0, -1))
-        src_t = torch.as_tensor(src, device=device)
-        compared = src_t >= 0
-        gene_cos = torch.nn.functional.cosine_similarity(hidden, bank[src_t.clamp(min=0)], dim=-1)
-        gene_cos = gene_cos.masked_fill(~compared, 0.0)
-        if spec.cell_cosine == "gene_mean" and spec.pooling == "mean":
-            cosine = gene_cos.sum(1) / compared.sum(1).clamp(min=1)
-        if spec.gene_shifts:
-            labelled = compared & (src_t > 0)
-            rows, cols = torch.nonzero(labelled, as_tuple=True)
-            rows_np, flat = rows.cpu().numpy(), src[labelled.cpu().numpy()]
-            out.genes.append(
-                (
-                    job_index[rows_np],
-                    k_index[rows_np],
-                    bank_tokens[flat],
-                    flat - offsets[job_index[rows_np]],
-                    gene_cos[rows, cols].cpu().numpy(),
-                )
-            )
-    if cosine is None:
-        cosine = torch.nn.functional.cosine_similarity(pooled, original, dim=-1)
-    out.job.append(job_index)
-    out.k.append(k_index)
-    out.cos.append(cosine.cpu().numpy())
-    if states is not None:
-        out.shift.append(_state_shifts(pooled, original, states).cpu().numpy())
-
-
 def run_perturbations(
-    module,
-    jobs: Iterable[CellJob],
-    spec: EngineSpec,
-    *,
-    device: torch.device,
-    precision: str = "auto",
-    progress=None,
-    chunk_tokens: int = CHUNK_TOKENS,
+    module, jobs: Iterable[CellJob], spec: EngineSpec, *, progress=None, chunk_tokens: int = CHUNK_TOKENS
 ) -> Iterator[ChunkResult]:
-    """Run the perturbations of ``jobs`` chunk by chunk; yields one :class:`ChunkResult` per chunk."""
-    need_genes = spec.gene_shifts or (spec.cell_cosine == "gene_mean" and spec.pooling == "mean")
-    states = None if spec.states is None else spec.states.to(device=device, dtype=torch.float32)
-    with torch.inference_mode(), autocast(device, precision):
-        for chunk in _chunks(jobs, chunk_tokens):
-            yield _run_chunk(module, chunk, spec, states, need_genes, device, progress)
+    """Run the perturbations of ``jobs`` chunk by chunk; yields one :class:`ChunkResult` per chunk.
+
+    Call it inside :func:`scgeneformer._engine.inference` (eval mode, inference mode, autocast, on the device).
+    """
+    for chunk in _chunks(jobs, chunk_tokens):
+        yield _Chunk(module, chunk, spec, progress).run()
 
 
-def _run_chunk(module, chunk, spec: EngineSpec, states, need_genes: bool, device, progress) -> ChunkResult:
-    hidden_size = module.config.hidden_size
-    jobs = [job for _, job in chunk]
-    # 1. originals, once each; the bank's row 0 is the zero vector the ZERO sources point to
-    lengths = np.array([len(job.original) for job in jobs])
-    offsets = np.concatenate([[1], 1 + np.cumsum(lengths)[:-1]])
-    bank = torch.zeros((1 + lengths.sum(), hidden_size), device=device)
-    bank_tokens = np.concatenate([[-1], *[job.original for job in jobs]]).astype(np.int64)
-    pooled_original = torch.empty((len(jobs), hidden_size), device=device)
-    for batch in plan_batches(lengths, token_budget=spec.token_budget):
-        ids, _ = pad_sequences([jobs[j].original for j in batch])
-        ids = ids.to(device)
-        batch_lengths = torch.as_tensor(lengths[batch], device=device)
-        hidden = _encode(module, ids, batch_lengths, spec.n_run)
-        pooled_original[torch.as_tensor(batch, device=device)] = _pool(hidden, batch_lengths, spec)
-        for row, j in enumerate(batch):
-            bank[offsets[j] : offsets[j] + lengths[j]] = hidden[row, : lengths[j]]
+class _Chunk:
+    """The jobs of one chunk, the bank of their originals' hidden states, and the results gathered so far."""
 
-    # 2. all perturbed sequences of the chunk, longest first; single-gene deletions of a cell share their first layer
-    out = _Outputs()
-    context = (jobs, offsets, bank, bank_tokens, pooled_original, spec, states, need_genes, out)
-    fast = {j for j, job in enumerate(jobs) if _first_layer_applies(module, job, spec)}
-    for j in sorted(fast):
-        _run_deletions(module, j, context, progress)
-    items = [(j, k) for j, job in enumerate(jobs) if j not in fast for k in range(len(job.perturbed))]
-    item_lengths = np.array([len(jobs[j].perturbed[k]) for j, k in items], dtype=np.int64)
-    for batch in plan_batches(item_lengths, token_budget=spec.token_budget):
-        batch_items = [items[i] for i in batch]
-        ids, _ = pad_sequences([jobs[j].perturbed[k] for j, k in batch_items])
-        ids = ids.to(device)
-        batch_lengths = torch.as_tensor(item_lengths[batch], device=device)
-        hidden = _encode(module, ids, batch_lengths, spec.n_run)
-        _compare(hidden, ids.shape, batch_lengths, batch_items, context)
-        if progress is not None:
-            progress.update(len(batch_items))
-    out_job, out_k, out_cos, out_shift, gene_parts = out.job, out.k, out.cos, out.shift, out.genes
+    def __init__(self, module, chunk: list[tuple[int, CellJob]], spec: EngineSpec, progress) -> None:
+        self.module, self.spec, self.progress = module, spec, progress
+        self.indices = np.array([index for index, _ in chunk])
+        self.jobs = [job for _, job in chunk]
+        self.device = next(module.parameters()).device
+        self.states = None if spec.states is None else spec.states.to(device=self.device, dtype=torch.float32)
+        self.out: dict[str, list] = {"job": [], "k": [], "cos": [], "shift": [], "genes": []}
 
-    chunk_ids = np.array([index for index, _ in chunk])
-    result = ChunkResult(
-        job=chunk_ids[np.concatenate(out_job)] if out_job else np.empty(0, dtype=np.int64),
-        perturbation=np.concatenate(out_k) if out_k else np.empty(0, dtype=np.int64),
-        cosine=np.concatenate(out_cos).astype(np.float32) if out_cos else np.empty(0, dtype=np.float32),
-        shifts=np.concatenate(out_shift).astype(np.float32) if out_shift else None,
-    )
-    if gene_parts:
-        parts = (np.concatenate(p) for p in zip(*gene_parts, strict=True))
-        job_part, k_part, token_part, position_part, cos_part = parts
-        result.gene_job = chunk_ids[job_part]
-        result.gene_perturbation = k_part
-        result.gene_token = token_part
-        result.gene_position = position_part
-        result.gene_cosine = cos_part.astype(np.float32)
-    return result
+    def _encode(self, sequences: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Hidden states and pooled embeddings of a padded batch; equal lengths run without a mask (fastest SDPA)."""
+        ids, mask = (t.to(self.device) for t in pad_sequences(sequences))
+        hidden = self.module.encode(ids, None if bool(mask.all()) else mask, self.spec.n_run).float()
+        return hidden, self.module.pool(hidden, ids, mask, self.spec.pooling)
+
+    def _bank_originals(self) -> None:
+        # the bank's row 0 is the zero vector the ZERO sources point to
+        lengths = np.array([len(job.original) for job in self.jobs])
+        self.offsets = np.concatenate([[1], 1 + np.cumsum(lengths)[:-1]])
+        self.bank = torch.zeros((1 + lengths.sum(), self.module.config.hidden_size), device=self.device)
+        self.bank_tokens = np.concatenate([[-1], *[job.original for job in self.jobs]]).astype(np.int64)
+        self.pooled_original = torch.empty((len(self.jobs), self.bank.shape[1]), device=self.device)
+        for batch in plan_batches(lengths, token_budget=self.spec.token_budget):
+            hidden, pooled = self._encode([self.jobs[j].original for j in batch])
+            self.pooled_original[torch.as_tensor(batch, device=self.device)] = pooled
+            for row, j in enumerate(batch):
+                self.bank[self.offsets[j] : self.offsets[j] + lengths[j]] = hidden[row, : lengths[j]]
+
+    def _shares_first_layer(self, job: CellJob) -> bool:
+        return (
+            self.spec.share_first_layer
+            and job.deleted is not None
+            and self.spec.n_run >= 1
+            and len(job.original) > 2
+            and DeletionFirstLayer.fits(len(job.original), self.module.config.num_attention_heads)
+        )
+
+    def run(self) -> ChunkResult:
+        self._bank_originals()
+        # single-gene deletions of a cell share their first layer; everything else runs longest first
+        shared = {j for j, job in enumerate(self.jobs) if self._shares_first_layer(job)}
+        for j in sorted(shared):
+            self._run_deletions(j)
+        items = [(j, k) for j, job in enumerate(self.jobs) if j not in shared for k in range(len(job.perturbed))]
+        item_lengths = np.array([len(self.jobs[j].perturbed[k]) for j, k in items], dtype=np.int64)
+        for batch in plan_batches(item_lengths, token_budget=self.spec.token_budget):
+            batch_items = [items[i] for i in batch]
+            hidden, pooled = self._encode([self.jobs[j].perturbed[k] for j, k in batch_items])
+            self._compare(hidden, pooled, batch_items)
+        return self._result()
+
+    def _run_deletions(self, j: int) -> None:
+        """All single-gene deletions of job ``j``: first layer shared (see ``_first_layer``), then the other layers."""
+        job, bert = self.jobs[j], self.module.mlm.bert
+        first_layer = DeletionFirstLayer(bert, torch.as_tensor(job.original, dtype=torch.long, device=self.device))
+        order = np.argsort(job.deleted, kind="stable")
+        length = len(job.original) - 1
+        size = max(1, self.spec.token_budget // length)
+        for start in range(0, len(order), size):
+            ks = order[start : start + size]
+            deletions = torch.as_tensor(np.asarray(job.deleted)[ks], dtype=torch.long, device=self.device)
+            hidden = run_remaining_layers(bert, first_layer(deletions), self.spec.n_run).float()
+            mask = torch.ones(hidden.shape[:2], dtype=torch.long, device=self.device)
+            self._compare(hidden, self.module.pool(hidden, None, mask, self.spec.pooling), [(j, int(k)) for k in ks])
+
+    def _compare(self, hidden: torch.Tensor, pooled: torch.Tensor, batch_items: list[tuple[int, int]]) -> None:
+        """Cell cosines, state shifts and gene cosines of one batch of perturbed hidden states."""
+        spec, out = self.spec, self.out
+        job_index = np.array([j for j, _ in batch_items])
+        k_index = np.array([k for _, k in batch_items])
+        original = self.pooled_original[torch.as_tensor(job_index, device=self.device)]
+        cosine = None
+        if spec.needs_gene_cosines:
+            # original bank row compared at each perturbed position (0: zero vector, -1: not compared)
+            src = np.full(hidden.shape[:2], -1, dtype=np.int64)
+            for row, (j, k) in enumerate(batch_items):
+                s = self.jobs[j].sources[k]
+                src[row, : len(s)] = np.where(s >= 0, s + self.offsets[j], np.where(s == ZERO, 0, -1))
+            src_t = torch.as_tensor(src, device=self.device)
+            compared = src_t >= 0
+            gene_cos = torch.nn.functional.cosine_similarity(hidden, self.bank[src_t.clamp(min=0)], dim=-1)
+            gene_cos = gene_cos.masked_fill(~compared, 0.0)
+            if spec.cell_cosine == "gene_mean" and spec.pooling == "mean":
+                cosine = gene_cos.sum(1) / compared.sum(1).clamp(min=1)
+            if spec.gene_shifts:
+                labelled = compared & (src_t > 0)
+                rows, cols = torch.nonzero(labelled, as_tuple=True)
+                rows_np, flat = rows.cpu().numpy(), src[labelled.cpu().numpy()]
+                out["genes"].append(
+                    (
+                        job_index[rows_np],
+                        k_index[rows_np],
+                        self.bank_tokens[flat],
+                        flat - self.offsets[job_index[rows_np]],
+                        gene_cos[rows, cols].cpu().numpy(),
+                    )
+                )
+        if cosine is None:
+            cosine = torch.nn.functional.cosine_similarity(pooled, original, dim=-1)
+        out["job"].append(job_index)
+        out["k"].append(k_index)
+        out["cos"].append(cosine.cpu().numpy())
+        if self.states is not None:
+            out["shift"].append(_state_shifts(pooled, original, self.states).cpu().numpy())
+        if self.progress is not None:
+            self.progress.update(len(batch_items))
+
+    def _result(self) -> ChunkResult:
+        out = self.out
+        result = ChunkResult(
+            job=self.indices[np.concatenate(out["job"])] if out["job"] else np.empty(0, dtype=np.int64),
+            perturbation=np.concatenate(out["k"]) if out["k"] else np.empty(0, dtype=np.int64),
+            cosine=np.concatenate(out["cos"]).astype(np.float32) if out["cos"] else np.empty(0, dtype=np.float32),
+            shifts=np.concatenate(out["shift"]).astype(np.float32) if out["shift"] else None,
+        )
+        if out["genes"]:
+            job_part, k_part, token_part, position_part, cos_part = (
+                np.concatenate(p) for p in zip(*out["genes"], strict=True)
+            )
+            result.gene_job = self.indices[job_part]
+            result.gene_perturbation = k_part
+            result.gene_token = token_part
+            result.gene_position = position_part
+            result.gene_cosine = cos_part.astype(np.float32)
+        return result

@@ -82,7 +82,7 @@ def perturbation_stats(
     if mode not in MODES:
         msg = f"mode must be one of {MODES}, got {mode!r}."
         raise ValueError(msg)
-    results, adata = _results(data, key, mod)
+    results, adata = perturbation_results(data, key, mod)
     table, params = results["cells"], dict(results.get("params", {}))
     genes_all = params.get("genes", "all") == "all"
     states = params.get("states")
@@ -96,7 +96,7 @@ def perturbation_stats(
         if null is None:
             msg = "vs_null needs the results of a null run: pass null=."
             raise ValueError(msg)
-        null_results, _ = _results(null, key, mod)
+        null_results, _ = perturbation_results(null, key, mod)
         column = value or (f"shift_{states['goal_state']}" if states else "cosine")
         null_cells = null_results["cells"]
         out = vs_null(cell_rows, null_cells[null_cells["affected"] == "cell"], column, alpha=alpha)
@@ -115,7 +115,11 @@ def perturbation_stats(
     return out
 
 
-def _results(data, key: str, mod: str) -> tuple[dict, AnnData | None]:
+def perturbation_results(data, key: str = "geneformer_perturb", mod: str = "rna") -> tuple[dict, AnnData | None]:
+    """Results of :func:`~scgeneformer.tl.perturb`, given as the returned dict or as the AnnData/MuData holding them.
+
+    Returns the results and the AnnData they were read from (``None`` for a dict).
+    """
     if isinstance(data, dict):
         if "cells" not in data:
             msg = "Pass perturbation results: the dict returned by sgf.tl.perturb, or the AnnData holding them."
@@ -144,7 +148,7 @@ def _by_gene(rows: pd.DataFrame, column: str) -> tuple[pd.DataFrame, list[np.nda
     groups = np.argsort(codes, kind="stable")
     bounds = np.searchsorted(codes[groups], np.arange(len(uniques) + 1))
     per_gene = [values[groups[bounds[i] : bounds[i + 1]]] for i in range(len(uniques))]
-    first = {code: i for i, code in reversed(list(enumerate(codes)))}
+    _, first = np.unique(codes, return_index=True)  # each gene's first row
     genes = pd.DataFrame(
         {
             "perturbed_token": [str(uniques[i]) for i in order],
@@ -269,13 +273,11 @@ def aggregate_gene_shifts(table: pd.DataFrame) -> pd.DataFrame:
     values = table["cosine"].to_numpy(dtype=np.float64)
     groups = np.argsort(pair_codes, kind="stable")
     bounds = np.searchsorted(pair_codes[groups], np.arange(len(pairs) + 1))
-    first = np.full(len(pairs), -1, dtype=np.int64)
-    first[pair_codes[::-1]] = np.arange(len(pair_codes))[::-1]
+    _, first = np.unique(pair_codes, return_index=True)  # each pair's first row
     # reference order before sorting: perturbations in token order, affected in order of first appearance
-    perturbation_rank = np.empty(len(pairs), dtype=np.int64)
     gene_keys = pd.unique(perturbed[first])
     rank_of_gene = dict(zip(gene_keys[_token_order(gene_keys)], range(len(gene_keys)), strict=True))
-    perturbation_rank[:] = [rank_of_gene[p] for p in perturbed[first]]
+    perturbation_rank = np.array([rank_of_gene[p] for p in perturbed[first]], dtype=np.int64)
     order = np.lexsort((first, perturbation_rank))
     rows = []
     for code in order:
