@@ -27,18 +27,16 @@ def main(output: Path) -> None:
     model = sgf.GeneformerModel(adata, bert_config=tiny_bert_config(vocab), vocabulary="V2")
     model.train(
         max_epochs=2,
-        lr=1e-3,
-        token_budget=2048,
-        accelerator="cpu",
-        devices=2,
-        strategy="ddp",
+        plan_kwargs={"lr": 1e-3},
+        execution={"accelerator": "cpu", "devices": 2, "strategy": "ddp", "token_budget": 2048},
         enable_progress_bar=False,
     )
     world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
     rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
     weights = torch.cat([p.detach().flatten() for p in model.module.parameters()])
-    sgf.tl.embed(adata, model, accelerator="cpu", devices=2, strategy="ddp", progress_bar=False, key_added="ddp")
-    sgf.tl.embed(adata, model, device="cpu", progress_bar=False, key_added="local")
+    quiet = {"accelerator": "cpu", "progress_bar": False}
+    sgf.tl.embed(adata, model, execution=quiet | {"devices": 2, "strategy": "ddp"}, key_added="ddp")
+    sgf.tl.embed(adata, model, execution=quiet, key_added="local")
     np.save(output.with_name(f"weights_rank{rank}.npy"), weights.numpy())
     if rank == 0:
         np.save(output.with_name("ddp.npy"), adata.obsm["ddp"])

@@ -47,7 +47,11 @@ def test_fine_tune_annotate_save_load(tmp_path):
     torch.manual_seed(0)
     model = sgf.GeneformerModel(adata, bert_config=tiny_bert_config(vocab), vocabulary="V2")
     report = model.train_classifier(
-        max_epochs=10, lr=3e-3, freeze_layers=1, max_cells=8, accelerator="cpu", devices=1, enable_progress_bar=False
+        max_epochs=10,
+        freeze_layers=1,
+        plan_kwargs={"lr": 3e-3},
+        execution={"accelerator": "cpu", "batch_size": 8},
+        enable_progress_bar=False,
     )
     assert report["classes"] == ["B", "NK", "T"]
     assert report["confusion_matrix"].sum() == report["n_cells"] == len(report["test_cells"]) == 9
@@ -61,7 +65,7 @@ def test_fine_tune_annotate_save_load(tmp_path):
 
     query = adata[:, 5:].copy()  # other genes than in training: re-encode and annotate
     sgf.pp.rank_encode(query, vocabulary=vocab)
-    sgf.tl.annotate(query, model, progress_bar=False)
+    sgf.tl.annotate(query, model)
     assert list(query.obs["geneformer_label"].cat.categories) == ["B", "NK", "T"]
     assert (query.obs["geneformer_label"] == query.obs["cell_type"]).mean() > 0.6
     probabilities = query.obsm["geneformer_label_probabilities"]
@@ -71,7 +75,7 @@ def test_fine_tune_annotate_save_load(tmp_path):
     model.save(tmp_path / "classifier")
     loaded = sgf.GeneformerModel.load(tmp_path / "classifier")
     assert loaded.checkpoint == model.checkpoint == "classifier" and loaded.classes == ["B", "NK", "T"]
-    sgf.tl.annotate(query, loaded, progress_bar=False, key_added="again")
+    sgf.tl.annotate(query, loaded, key_added="again")
     np.testing.assert_array_equal(query.obs["again"], query.obs["geneformer_label"])
     np.testing.assert_allclose(query.obsm["again_probabilities"], probabilities, atol=1e-6)
 
@@ -84,7 +88,7 @@ def test_annotate_needs_a_head_and_labels():
     adata = encoded_counts(vocab)
     model = sgf.GeneformerModel(bert_config=tiny_bert_config(vocab), vocabulary="V1")
     with pytest.raises(ValueError, match="classification head"):
-        sgf.tl.annotate(adata, model, progress_bar=False)
+        sgf.tl.annotate(adata, model)
     sgf.GeneformerModel.setup_anndata(adata)
     with pytest.raises(ValueError, match="labels_key"):
         sgf.GeneformerModel(adata, bert_config=tiny_bert_config(vocab), vocabulary="V1").train_classifier()

@@ -32,7 +32,7 @@ def test_layers_and_pooling_match_plain_transformers(setup, layer, n_hidden):
     poolings = ["mean", "cls"] if vocab.has_special_tokens else ["mean"]
     sequences = sgf.pp.input_ids(adata)
     for pooling in poolings:
-        sgf.tl.embed(adata, model, layer=layer, pooling=pooling, progress_bar=False)
+        sgf.tl.embed(adata, model, layer=layer, pooling=pooling)
         for i in (0, 5, 17):
             expected = reference_embedding(model, sequences[i], n_hidden, pooling, vocab.has_special_tokens)
             np.testing.assert_allclose(adata.obsm["X_geneformer"][i], expected, atol=1e-5)
@@ -41,19 +41,19 @@ def test_layers_and_pooling_match_plain_transformers(setup, layer, n_hidden):
 
 def test_batch_composition_does_not_change_embeddings(setup):
     _, adata, model = setup
-    sgf.tl.embed(adata, model, token_budget=10**6, progress_bar=False, key_added="big")
-    sgf.tl.embed(adata, model, token_budget=1, progress_bar=False, key_added="single")
-    sgf.tl.embed(adata, model, max_cells=3, progress_bar=False, key_added="three")
+    sgf.tl.embed(adata, model, execution={"token_budget": 10**6}, key_added="big")
+    sgf.tl.embed(adata, model, execution={"token_budget": 1}, key_added="single")
+    sgf.tl.embed(adata, model, execution=sgf.Execution(batch_size=3), key_added="three")
     np.testing.assert_allclose(adata.obsm["big"], adata.obsm["single"], atol=1e-5)
     np.testing.assert_allclose(adata.obsm["big"], adata.obsm["three"], atol=1e-5)
     subset = adata[[3, 1, 20]].copy()
-    sgf.tl.embed(subset, model, progress_bar=False)
+    sgf.tl.embed(subset, model)
     np.testing.assert_allclose(subset.obsm["X_geneformer"], adata.obsm["big"][[3, 1, 20]], atol=1e-5)
 
 
 def test_gene_embeddings_average_over_cells(setup):
     vocab, adata, model = setup
-    sgf.tl.embed(adata, model, gene_embeddings=True, progress_bar=False)
+    sgf.tl.embed(adata, model, gene_embeddings=True)
     sequences = sgf.pp.input_ids(adata)
     gene_col = 7
     token = adata.var["geneformer_token"].iloc[gene_col]
@@ -68,7 +68,7 @@ def test_gene_embeddings_average_over_cells(setup):
     assert np.isnan(adata.varm["X_geneformer"][-1]).all()  # a gene outside the vocabulary
     adata.obs["first_half"] = np.arange(adata.n_obs) < adata.n_obs // 2
     sgf.tl.embed(
-        adata, model, gene_embeddings=True, gene_embedding_cells="first_half", progress_bar=False, key_added="h"
+        adata, model, gene_embeddings=True, gene_embedding_cells="first_half", key_added="h"
     )
     assert (adata.var["h_n_cells"] <= adata.var["X_geneformer_n_cells"]).all()
     assert adata.var["h_n_cells"].sum() < adata.var["X_geneformer_n_cells"].sum()
@@ -77,35 +77,36 @@ def test_gene_embeddings_average_over_cells(setup):
 def test_state_embeddings(setup):
     _, adata, model = setup
     adata.obs["state"] = pd.Categorical(np.where(np.arange(adata.n_obs) % 3 == 0, "a", "b"))
-    sgf.tl.embed(adata, model, progress_bar=False)
-    table = sgf.tl.state_embeddings(adata, model, "state", progress_bar=False)
+    sgf.tl.embed(adata, model)
+    sgf.tl.state_embeddings(adata, model, "state")
+    table = adata.uns["state_geneformer_states"]["embeddings"]
     for state in ("a", "b"):
         member = adata.obsm["X_geneformer"][adata.obs["state"] == state]
         np.testing.assert_allclose(table.loc[state].to_numpy(), member.mean(0), atol=1e-5)
-    median = sgf.tl.state_embeddings(adata, model, "state", summary="median", groups=["b"], progress_bar=False)
+    median = sgf.tl.state_embeddings(adata, model, "state", summary="median", groups=["b"], inplace=False)
     member = adata.obsm["X_geneformer"][adata.obs["state"] == "b"]
     np.testing.assert_allclose(median.loc["b"].to_numpy(), np.median(member, 0), atol=1e-5)
     assert "state_geneformer_states" in adata.uns
     with pytest.raises(ValueError, match="no encoded cells"):
-        sgf.tl.state_embeddings(adata, model, "state", groups=["c"], progress_bar=False)
+        sgf.tl.state_embeddings(adata, model, "state", groups=["c"])
     with pytest.raises(KeyError, match="groupby"):
-        sgf.tl.state_embeddings(adata, model, "condition", progress_bar=False)
+        sgf.tl.state_embeddings(adata, model, "condition")
 
 
 def test_errors_before_any_work(setup):
     vocab, adata, model = setup
     other = make_vocabulary("V2" if vocab.version == "V1" else "V1")
     with pytest.raises(ValueError, match="rank-encoded with the"):
-        sgf.tl.embed(adata, tiny_model(other), progress_bar=False)
+        sgf.tl.embed(adata, tiny_model(other))
     with pytest.raises(ValueError, match="does not exist"):
-        sgf.tl.embed(adata, model, layer=4, progress_bar=False)
+        sgf.tl.embed(adata, model, layer=4)
     with pytest.raises(ValueError, match="pooling"):
-        sgf.tl.embed(adata, model, pooling="max", progress_bar=False)
+        sgf.tl.embed(adata, model, pooling="max")
     if not vocab.has_special_tokens:
         with pytest.raises(ValueError, match="cls"):
-            sgf.tl.embed(adata, model, pooling="cls", progress_bar=False)
+            sgf.tl.embed(adata, model, pooling="cls")
     with pytest.raises(KeyError, match="not rank-encoded"):
-        sgf.tl.embed(ad.AnnData(np.ones((2, 2))), model, progress_bar=False)
+        sgf.tl.embed(ad.AnnData(np.ones((2, 2))), model)
     assert "X_geneformer" not in adata.obsm
 
 
@@ -116,10 +117,10 @@ def test_unencoded_cells_get_nan_and_copy_and_mudata(vocab_v2):
     ranks[2] = 0  # as if cell 2 had been filtered out at encoding
     adata.layers["geneformer_ranks"] = sp.csr_matrix(ranks)
     model = tiny_model(vocab_v2)
-    out = sgf.tl.embed(adata, model, progress_bar=False, copy=True)
+    out = sgf.tl.embed(adata, model, copy=True)
     assert "X_geneformer" not in adata.obsm
     emb = out.obsm["X_geneformer"]
     assert np.isnan(emb[2]).all() and not np.isnan(np.delete(emb, 2, axis=0)).any()
     mdata = md.MuData({"rna": out})
-    sgf.tl.embed(mdata, model, progress_bar=False, key_added="X_mu")
+    sgf.tl.embed(mdata, model, key_added="X_mu")
     np.testing.assert_allclose(mdata.mod["rna"].obsm["X_mu"], emb, atol=1e-6)

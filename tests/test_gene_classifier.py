@@ -9,11 +9,11 @@ import torch
 from helpers import fake_gene_id, make_vocabulary, tiny_bert_config
 
 import scgeneformer as sgf
-from scgeneformer.model._gene_classifier import cells_with_tokens, resolve_gene_labels
-from scgeneformer.pp._input_ids import EncodingInfo
+from scgeneformer import EncodingInfo
+from scgeneformer.model import GeneLabels
 
 N_PER_CLASS = 20
-FAST = {"accelerator": "cpu", "devices": 1, "enable_progress_bar": False, "warmup_steps": 0}
+FAST = {"execution": {"accelerator": "cpu"}, "enable_progress_bar": False}
 
 
 def gene_data(vocab, n_obs=60, seed=0):
@@ -46,7 +46,7 @@ def test_gene_labels_map_to_tokens_of_the_data():
     vocab = make_vocabulary("V2")
     adata = gene_data(vocab)
     info = EncodingInfo(adata)
-    from_column = resolve_gene_labels(info, "kind")
+    from_column = GeneLabels.resolve(info, "kind")
     assert from_column.classes == ["high", "low"]
     # The never-expressed and out-of-vocabulary genes are left out.
     assert len(from_column.tokens) == 2 * N_PER_CLASS
@@ -57,13 +57,13 @@ def test_gene_labels_map_to_tokens_of_the_data():
         "high": [g.lower() + ".7" for g in adata.var_names[:N_PER_CLASS]] + ["ENSG77777777777"],
         "low": list(adata.var_names[N_PER_CLASS : 2 * N_PER_CLASS]),
     }
-    from_dict = resolve_gene_labels(info, as_dict)
+    from_dict = GeneLabels.resolve(info, as_dict)
     np.testing.assert_array_equal(from_dict.tokens, from_column.tokens)
     np.testing.assert_array_equal(from_dict.codes, from_column.codes)
-    lookup = from_dict.lookup(len(vocab), subset=[0, N_PER_CLASS])
+    lookup = from_dict.subset([0, N_PER_CLASS]).lookup(len(vocab))
     assert (lookup >= 0).sum() == 2 and lookup[from_dict.tokens[N_PER_CLASS]] == 1 and lookup[0] == -100
     # Cells holding a labelled gene: those expressing gene 0 or gene N_PER_CLASS.
-    cells = cells_with_tokens(info, from_dict.tokens[[0, N_PER_CLASS]])
+    cells = np.flatnonzero(info.cells_holding(from_dict.tokens[[0, N_PER_CLASS]]))
     expected = np.flatnonzero((adata.X[:, [0, N_PER_CLASS]].toarray() > 0).any(1))
     np.testing.assert_array_equal(cells, expected)
 
@@ -72,18 +72,18 @@ def test_gene_labels_map_to_tokens_of_the_data():
     by_symbol.var_names = [f"name{i}" for i in range(by_symbol.n_vars)]
     sgf.pp.rank_encode(by_symbol, vocabulary=vocab, gene_id_key="symbol")
     symbols = {"high": ["gene1", "GENE2"], "low": ["GENE21"]}
-    assert len(resolve_gene_labels(EncodingInfo(by_symbol), symbols).tokens) == 3
+    assert len(GeneLabels.resolve(EncodingInfo(by_symbol), symbols).tokens) == 3
 
     with pytest.raises(ValueError, match="None of the genes"):
-        resolve_gene_labels(info, {"a": ["ENSG77777777777"], "b": [adata.var_names[-2]]})
+        GeneLabels.resolve(info, {"a": ["ENSG77777777777"], "b": [adata.var_names[-2]]})
     with pytest.raises(ValueError, match="at least two classes"):
-        resolve_gene_labels(info, {"a": list(adata.var_names[:5])})
+        GeneLabels.resolve(info, {"a": list(adata.var_names[:5])})
     with pytest.raises(ValueError, match="more than one class"):
-        resolve_gene_labels(info, {"a": list(adata.var_names[:5]), "b": list(adata.var_names[4:8])})
+        GeneLabels.resolve(info, {"a": list(adata.var_names[:5]), "b": list(adata.var_names[4:8])})
     with pytest.raises(KeyError, match="neither a .var column"):
-        resolve_gene_labels(info, "no_such_column")
+        GeneLabels.resolve(info, "no_such_column")
     with pytest.raises(TypeError, match="list of genes"):
-        resolve_gene_labels(info, {"a": "ENSG00000000001"})
+        GeneLabels.resolve(info, {"a": "ENSG00000000001"})
 
 
 def test_gene_loss_counts_labelled_positions_only():
@@ -112,8 +112,8 @@ def test_gene_head_needs_training():
     adata = gene_data(vocab)
     model = sgf.GeneformerModel(bert_config=tiny_bert_config(vocab), vocabulary="V1")
     with pytest.raises(ValueError, match="gene-classification head"):
-        sgf.tl.classify_genes(adata, model, progress_bar=False)
-    with pytest.raises(ValueError, match="Register training data"):
+        sgf.tl.classify_genes(adata, model)
+    with pytest.raises(ValueError, match="no training data"):
         model.train_gene_classifier("kind")
     with pytest.raises(ValueError, match="at least n_folds=25"):
         sgf.tl.gene_classification_cv(adata, model, "kind", n_folds=25)
@@ -126,7 +126,9 @@ def test_train_classify_save_load(tmp_path):
     sgf.GeneformerModel.setup_anndata(adata)
     torch.manual_seed(0)
     model = sgf.GeneformerModel(adata, bert_config=tiny_bert_config(vocab), vocabulary="V2")
-    model.train_gene_classifier("kind", max_epochs=6, lr=3e-3, freeze_layers=1, **FAST)
+    model.train_gene_classifier(
+        "kind", max_epochs=6, freeze_layers=1, plan_kwargs={"lr": 3e-3, "warmup_steps": 0}, **FAST
+    )
     assert model.gene_classes == ["high", "low"] and model.classes is None
     loss = model.history_["train_loss"].to_numpy().ravel().astype(float)
     assert loss[-1] < 0.5 * loss[0]
@@ -134,7 +136,7 @@ def test_train_classify_save_load(tmp_path):
     assert not any(p.requires_grad for p in model.module.mlm.bert.encoder.layer[0].parameters())
     assert model.module.mlm.bert.embeddings.word_embeddings.weight.requires_grad  # tied to the unused MLM decoder
 
-    sgf.tl.classify_genes(adata, model, progress_bar=False)
+    sgf.tl.classify_genes(adata, model)
     var = adata.var
     probabilities = var[["geneformer_gene_class_high", "geneformer_gene_class_low"]].to_numpy()
     seen = np.arange(adata.n_vars) < 3 * N_PER_CLASS
@@ -148,7 +150,7 @@ def test_train_classify_save_load(tmp_path):
     model.save(tmp_path / "gene_classifier")
     loaded = sgf.GeneformerModel.load(tmp_path / "gene_classifier")
     assert loaded.gene_classes == ["high", "low"]
-    sgf.tl.classify_genes(adata, loaded, progress_bar=False, key_added="again")
+    sgf.tl.classify_genes(adata, loaded, key_added="again")
     np.testing.assert_allclose(var[["again_high", "again_low"]].to_numpy(), probabilities, atol=1e-6)
 
 
@@ -159,14 +161,17 @@ def test_cross_validation_over_genes():
     torch.manual_seed(0)
     model = sgf.GeneformerModel(bert_config=tiny_bert_config(vocab), vocabulary="V1")
     before = {k: v.clone() for k, v in model.module.state_dict().items()}
-    table = sgf.tl.gene_classification_cv(adata, model, "kind", n_folds=3, max_epochs=6, lr=3e-3, **FAST)
+    lr = {"lr": 3e-3, "warmup_steps": 0}
+    table = sgf.tl.gene_classification_cv(
+        adata, model, "kind", n_folds=3, max_epochs=6, plan_kwargs=lr, inplace=False, **FAST
+    )
     assert list(table["fold"]) == [0, 1, 2]
     assert table["n_test_genes"].sum() == 2 * N_PER_CLASS
     assert (table["n_train_genes"] + table["n_test_genes"] == 2 * N_PER_CLASS).all()
     for metric in ("roc_auc", "macro_f1", "accuracy"):
         assert table[metric].between(0, 1).all()
     assert table["roc_auc"].mean() > 0.7  # held-out genes are recognised by their rank alone
-    assert adata.uns["geneformer_gene_cv"] is table
+    assert "geneformer_gene_cv" not in adata.uns  # inplace=False
     # The given model is left as it was.
     assert model.module.gene_classifier is None and model.gene_classes is None
     assert all(torch.equal(v, model.module.state_dict()[k]) for k, v in before.items())

@@ -55,7 +55,7 @@ def cosine(a, b):
 def test_cell_embeddings_match_reference(encoded, version, mode, pooling, layer):
     adata = encoded[version]
     model = sgf.GeneformerModel.from_pretrained(shared_path("golden", "checkpoints", f"tiny_{version.lower()}"))
-    sgf.tl.embed(adata, model, layer=layer, pooling=pooling, progress_bar=False)
+    sgf.tl.embed(adata, model, layer=layer, pooling=pooling)
     golden = np.load(
         shared_path("golden", "embeddings", f"embs_A_{version}_{mode}_layer{layer}.npz"), allow_pickle=True
     )
@@ -78,7 +78,7 @@ def test_gene_embeddings_match_reference():
         reference_quirks=True,
     )
     model = sgf.GeneformerModel.from_pretrained(shared_path("golden", "checkpoints", "tiny_v1"))
-    sgf.tl.embed(adata, model, layer=-1, gene_embeddings=True, progress_bar=False)
+    sgf.tl.embed(adata, model, layer=-1, gene_embeddings=True)
     column = {gene: i for i, gene in enumerate(adata.var["ensembl_id"])}
     columns = [column[gene] for gene in golden["gene_ids"]]
     ours = adata.varm["X_geneformer"][columns]

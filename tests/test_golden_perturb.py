@@ -71,10 +71,7 @@ def golden_states(params: dict) -> dict:
         return {}
     embeddings = json.loads(shared_path("golden", "perturb", params["state_embs"]).read_text())["state_embs"]
     return {
-        "state_key": states["state_key"],
-        "start_state": states["start_state"],
-        "goal_state": states["goal_state"],
-        "alt_states": states["alt_states"],
+        "states": {k: states[k] for k in ("state_key", "start_state", "goal_state", "alt_states")},
         "state_embeddings": embeddings,
     }
 
@@ -109,14 +106,13 @@ def test_perturbation_matches_reference(run):
         gene_shifts="gene" in options["emb_mode"],
         vocabulary=shared_path("data", "dictionaries", DICTIONARIES[version]),
         reference_quirks=True,
-        progress_bar=False,
         inplace=False,
         **states,
     )
     table = results["cells"]
     assert list(pd.unique(table["cell"].astype(str))) == cell_ids
 
-    state_names = [states["start_state"], states["goal_state"], *states["alt_states"]] if states else [None]
+    state_names = sgf.tl.GoalStates.coerce(states["states"]).names if states else [None]
     ours: dict = {}
     for state in state_names:
         column = "cosine" if state is None else f"shift_{state}"

@@ -65,11 +65,11 @@ def test_save_load_roundtrip_and_corruption(tmp_path):
     vocab = make_vocabulary("V1")
     adata = encoded_counts(vocab)
     model = tiny_model(vocab)
-    sgf.tl.embed(adata, model, progress_bar=False)
+    sgf.tl.embed(adata, model)
     model.save(tmp_path / "saved")
     loaded = sgf.GeneformerModel.load(tmp_path / "saved")
     assert loaded.vocabulary_version == "V1" and loaded.module.n_layers == 2
-    sgf.tl.embed(adata, loaded, progress_bar=False, key_added="again")
+    sgf.tl.embed(adata, loaded, key_added="again")
     np.testing.assert_array_equal(adata.obsm["X_geneformer"], adata.obsm["again"])
     with pytest.raises(ValueError, match="exists"):
         model.save(tmp_path / "saved")

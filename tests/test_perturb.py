@@ -23,8 +23,15 @@ def setup(vocab):
 
 
 def run(adata, model, vocab, genes="all", **kwargs):
-    kwargs.setdefault("progress_bar", False)
-    return sgf.tl.perturb(adata, model, genes, vocabulary=vocab, **kwargs)
+    """Perturb and return the results: as returned (``inplace=False``) or as stored in ``.uns``."""
+    if kwargs.get("inplace", True) is False:
+        return sgf.tl.perturb(adata, model, genes, vocabulary=vocab, **kwargs)
+    assert sgf.tl.perturb(adata, model, genes, vocabulary=vocab, **kwargs) is None
+    target = adata.mod["rna"] if isinstance(adata, md.MuData) else adata
+    return target.uns[kwargs.get("key_added", "geneformer_perturb")]
+
+
+A_TO_B = {"state_key": "state", "start_state": "a", "goal_state": "b"}
 
 
 def embed_one(model, ids, n_layers):
@@ -83,7 +90,7 @@ def test_overexpressing_an_absent_gene_truncates_both_sequences():
 @pytest.mark.parametrize("layer", [-1, 0])
 def test_delete_all_matches_unbatched_forward_passes(setup, layer):
     adata, model, vocab = setup
-    n_run = sgf.tl._embed.hidden_state_index(layer, model.module.n_layers)
+    n_run = model.hidden_state_index(layer)
     results = run(
         adata,
         model,
@@ -116,11 +123,9 @@ def test_delete_all_matches_unbatched_forward_passes(setup, layer):
 def test_pooled_and_cls_cosines_and_state_shifts(setup):
     adata, model, vocab = setup
     pooling = "cls" if vocab.has_special_tokens else "mean"
-    states = sgf.tl.state_embeddings(adata, model, "state", pooling=pooling, progress_bar=False)
-    results = run(
-        adata, model, vocab, perturbation="overexpress", state_key="state", start_state="a", goal_state="b",
-        alt_states=["c"], pooling=pooling, max_cells=2,
-    )  # fmt: skip
+    states = sgf.tl.state_embeddings(adata, model, "state", pooling=pooling, inplace=False)
+    treatment = sgf.tl.GoalStates("state", start_state="a", goal_state="b", alt_states=["c"])
+    results = run(adata, model, vocab, perturbation="overexpress", states=treatment, pooling=pooling, max_cells=2)
     table = results["cells"]
     assert set(table["cell"].astype(str)) <= set(adata.obs_names[adata.obs["state"] == "a"])
     row = table.iloc[3]
@@ -145,8 +150,8 @@ def test_pooled_and_cls_cosines_and_state_shifts(setup):
 
 def test_results_do_not_depend_on_batching(setup):
     adata, model, vocab = setup
-    small = run(adata, model, vocab, token_budget=64, gene_shifts=True, max_cells=4)["cells"]
-    large = run(adata, model, vocab, token_budget=100_000, gene_shifts=True, max_cells=4)["cells"]
+    small = run(adata, model, vocab, execution={"token_budget": 64}, gene_shifts=True, max_cells=4)["cells"]
+    large = run(adata, model, vocab, execution={"token_budget": 100_000}, gene_shifts=True, max_cells=4)["cells"]
     pd.testing.assert_frame_equal(small.drop(columns="cosine"), large.drop(columns="cosine"))
     np.testing.assert_allclose(small["cosine"], large["cosine"], atol=1e-5)
 
@@ -180,7 +185,7 @@ def test_gene_sets_anchor_pairs_and_inhibition(setup):
 
 def test_results_are_stored_written_and_read(setup, tmp_path):
     adata, model, vocab = setup
-    run(adata, model, vocab, max_cells=2, gene_shifts=True, state_key="state", start_state="a", goal_state="b")
+    run(adata, model, vocab, max_cells=2, gene_shifts=True, states=A_TO_B)
     stored = adata.uns["geneformer_perturb"]
     assert {"cells", "genes", "params"} <= set(stored)
     sgf.tl.perturbation_stats(adata, "goal_state_shift")
@@ -191,7 +196,7 @@ def test_results_are_stored_written_and_read(setup, tmp_path):
     )
     assert "stats_goal_state_shift" in back.uns["geneformer_perturb"]
     mdata = md.MuData({"rna": adata})
-    out = sgf.tl.perturb(mdata, model, "all", vocabulary=vocab, max_cells=1, inplace=False, progress_bar=False)
+    out = sgf.tl.perturb(mdata, model, "all", vocabulary=vocab, max_cells=1, inplace=False)
     assert "cells" in out
 
 
@@ -206,14 +211,14 @@ def test_errors_come_before_any_forward_pass(setup, monkeypatch):
         run(adata, model, vocab, ["ENSG00000000001", "NOT_A_GENE"])
     with pytest.raises(ValueError, match="perturbation must be"):
         run(adata, model, vocab, perturbation="knockdown")
-    with pytest.raises(ValueError, match="together"):
-        run(adata, model, vocab, state_key="state", goal_state="b")
+    with pytest.raises(ValueError, match="start_state"):
+        run(adata, model, vocab, states={"state_key": "state", "goal_state": "b"})
     with pytest.raises(KeyError, match="not an .obs column"):
-        run(adata, model, vocab, state_key="disease", start_state="a", goal_state="b")
+        run(adata, model, vocab, states={"state_key": "disease", "start_state": "a", "goal_state": "b"})
     with pytest.raises(ValueError, match="No encoded cells have state"):
-        run(adata, model, vocab, state_key="state", start_state="a", goal_state="healthy")
+        run(adata, model, vocab, states={"state_key": "state", "start_state": "a", "goal_state": "healthy"})
     with pytest.raises(ValueError, match="must all differ"):
-        run(adata, model, vocab, state_key="state", start_state="a", goal_state="a")
+        run(adata, model, vocab, states={"state_key": "state", "start_state": "a", "goal_state": "a"})
     unexpressed = vocab.id_to_gene[len(vocab) - 1]
     with pytest.raises(ValueError, match="No encoded cells expressing"):
         run(adata, model, vocab, [unexpressed])
@@ -221,9 +226,9 @@ def test_errors_come_before_any_forward_pass(setup, monkeypatch):
         run(adata, model, vocab, [unexpressed], anchor_gene=unexpressed)
     other = make_vocabulary("V1" if vocab.has_special_tokens else "V2")
     with pytest.raises(ValueError, match="does not match the model"):
-        sgf.tl.perturb(adata, model, vocabulary=other, progress_bar=False)
+        sgf.tl.perturb(adata, model, vocabulary=other)
     with pytest.raises(ValueError, match="no embedding for the states"):
-        run(adata, model, vocab, state_key="state", start_state="a", goal_state="b", state_embeddings={"a": [0.0]})
+        run(adata, model, vocab, states=A_TO_B, state_embeddings={"a": [0.0]})
     with pytest.raises(ValueError, match="pooling"):
         run(adata, model, vocab, pooling="max")
 
@@ -288,8 +293,8 @@ def test_plots(setup):
 
     matplotlib.use("Agg")
     adata, model, vocab = setup
-    run(adata, model, vocab, state_key="state", start_state="a", goal_state="b", gene_shifts=True, pooling="mean")
-    stats = sgf.tl.perturbation_stats(adata, "goal_state_shift")
+    run(adata, model, vocab, states=A_TO_B, gene_shifts=True, pooling="mean")
+    stats = sgf.tl.perturbation_stats(adata, "goal_state_shift", inplace=False)
     ax = sgf.pl.perturbation_shifts(adata, n_genes=5, show=False)
     assert len(ax.get_yticklabels()) == 5
     shown = [t.get_text().removesuffix(" *") for t in ax.get_yticklabels()]
@@ -325,7 +330,7 @@ def test_perturb_gives_the_same_results_with_and_without_the_shared_first_layer(
     from scgeneformer.tl._first_layer import DeletionFirstLayer
 
     adata, model, vocab = setup
-    options = {"max_cells": 3, "gene_shifts": True, "pooling": "mean", "token_budget": 100}
+    options = {"max_cells": 3, "gene_shifts": True, "pooling": "mean", "execution": {"token_budget": 100}}
     shared = run(adata, model, vocab, **options)["cells"]
     monkeypatch.setattr(DeletionFirstLayer, "fits", staticmethod(lambda n, heads: False))
     plain = run(adata, model, vocab, **options)["cells"]
@@ -349,6 +354,6 @@ def test_mixed_precision_runs_and_stays_close(setup):
     adata, model, vocab = setup
     options = {"max_cells": 2, "pooling": "mean", "gene_shifts": True, "inplace": False}
     full = run(adata, model, vocab, **options)["cells"]
-    mixed = run(adata, model, vocab, precision="bf16", **options)["cells"]
+    mixed = run(adata, model, vocab, execution={"precision": "bf16"}, **options)["cells"]
     pd.testing.assert_frame_equal(full.drop(columns="cosine"), mixed.drop(columns="cosine"))
     np.testing.assert_allclose(full["cosine"], mixed["cosine"], atol=1e-2)

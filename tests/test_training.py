@@ -50,7 +50,12 @@ def test_pretraining_lowers_held_out_masked_loss():
     sgf.GeneformerModel.setup_anndata(adata)
     torch.manual_seed(0)
     model = sgf.GeneformerModel(adata, bert_config=tiny_bert_config(vocab), vocabulary="V2")
-    model.train(max_epochs=8, lr=3e-3, warmup_steps=0, accelerator="cpu", devices=1, enable_progress_bar=False)
+    model.train(
+        max_epochs=8,
+        plan_kwargs={"lr": 3e-3, "warmup_steps": 0},
+        execution={"accelerator": "cpu"},
+        enable_progress_bar=False,
+    )
     validation = model.history_["validation_loss"].to_numpy().ravel()
     assert validation[-1] < validation[0] - 0.5
     assert model.is_trained_ and not model.module.training

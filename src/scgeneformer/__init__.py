@@ -12,16 +12,23 @@ from typing import TYPE_CHECKING
 from ._settings import settings
 
 if TYPE_CHECKING:
-    from . import datasets, pl, pp, tl
+    from . import datasets, model, pl, pp, tl
+    from ._encoding import EncodingInfo
+    from ._execution import Execution
+    from ._registry import DownloadError
     from .model import GeneformerModel, list_models
     from .vocabulary import Vocabulary, get_vocabulary
 
 __all__ = [
+    "DownloadError",
+    "EncodingInfo",
+    "Execution",
     "GeneformerModel",
     "Vocabulary",
     "datasets",
     "get_vocabulary",
     "list_models",
+    "model",
     "pl",
     "pp",
     "settings",
@@ -31,8 +38,12 @@ __all__ = [
 _LAZY = {
     "pp": (".pp", None),
     "datasets": (".datasets", None),
+    "model": (".model", None),
     "tl": (".tl", None),
     "pl": (".pl", None),
+    "DownloadError": ("._registry", "DownloadError"),
+    "EncodingInfo": ("._encoding", "EncodingInfo"),
+    "Execution": ("._execution", "Execution"),
     "GeneformerModel": (".model", "GeneformerModel"),
     "list_models": (".model", "list_models"),
     "Vocabulary": (".vocabulary", "Vocabulary"),

@@ -91,3 +91,57 @@ def ordered_parallel_map(function, items, n_jobs: int):
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
+
+
+def cell_mask(adata: AnnData, cells, *, argument: str = "cells") -> np.ndarray:
+    """Boolean mask over cells from a cell selection, as every tool accepts it.
+
+    ``cells`` may be a boolean mask over cells; the name of a boolean ``.obs`` column (nullable booleans: missing
+    values select nothing); a list of obs names; or ``{obs column: allowed value(s)}`` (the reference's
+    ``filter_data``). Anything else, e.g. a column of strings, is refused rather than guessed.
+    """
+    import pandas as pd
+
+    if isinstance(cells, dict):
+        mask = np.ones(adata.n_obs, dtype=bool)
+        for column, allowed in cells.items():
+            if column not in adata.obs.columns:
+                msg = f"{argument} filter column {column!r} is not an .obs column; available: {list(adata.obs.columns)}."
+                raise KeyError(msg)
+            allowed = [allowed] if isinstance(allowed, str) or not np.iterable(allowed) else list(allowed)
+            mask &= adata.obs[column].isin(allowed).to_numpy()
+        return mask
+    if isinstance(cells, str):
+        if cells not in adata.obs.columns:
+            msg = f"{argument} {cells!r} is not an .obs column; available: {list(adata.obs.columns)}."
+            raise KeyError(msg)
+        column = adata.obs[cells]
+        if not pd.api.types.is_bool_dtype(column.dtype):
+            msg = (
+                f"{argument}={cells!r} names an .obs column of dtype {column.dtype}, not a boolean one; select cells "
+                f"with a boolean column, e.g. `adata.obs[{cells!r}] == 'yes'`, or with {{{cells!r}: [values]}}."
+            )
+            raise TypeError(msg)
+        return column.fillna(False).to_numpy(dtype=bool)
+    values = np.asarray(cells)
+    if values.size == 0:
+        msg = f"{argument} is empty: it selects no cells."
+        raise ValueError(msg)
+    if values.dtype == bool:
+        if values.shape != (adata.n_obs,):
+            msg = f"A boolean {argument} mask needs one value per cell ({adata.n_obs}), got shape {values.shape}."
+            raise ValueError(msg)
+        return values
+    if values.ndim != 1 or values.dtype.kind not in "UO":
+        msg = (
+            f"{argument} must be a boolean mask, a boolean .obs column name, a list of obs names or "
+            f"{{obs column: values}}, got {type(cells).__name__} of dtype {values.dtype}."
+        )
+        raise TypeError(msg)
+    positions = adata.obs_names.get_indexer(values.astype(str))
+    if (positions < 0).any():
+        msg = f"Unknown cells in {argument}: {list(values[positions < 0][:10])}."
+        raise KeyError(msg)
+    mask = np.zeros(adata.n_obs, dtype=bool)
+    mask[positions] = True
+    return mask

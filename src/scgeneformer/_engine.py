@@ -1,60 +1,37 @@
-"""The inference engine shared by embeddings, perturbation and annotation.
+"""The inference engine shared by embeddings, annotation, gene classification and perturbation baselines.
 
-Cells are sorted by length and packed into batches under a token budget (cells × longest length), each batch padded
-only to its own longest cell; batches run under ``torch.inference_mode`` with SDPA attention, in float32 on CPU and
-under bf16/fp16 autocast on CUDA. Token sequences are read batch by batch from the rank layer, so memory does not
-grow with the number of cells.
+Cells are sorted by length and packed into batches under a token budget, each padded only to its own longest cell;
+batches run under ``torch.inference_mode`` with SDPA attention, in float32 on CPU and under bf16/fp16 autocast on
+CUDA. Token sequences are read batch by batch from the rank layer, so memory does not grow with the number of cells.
+
+A run computes, per batch, per-cell values and/or per-token sums (``compute(module, cells, input_ids,
+attention_mask)`` returns them) and collects them in :class:`InferenceResults`. The same function and the same accumulator serve a run
+in this process and a Lightning run over several processes or devices (see :class:`~scgeneformer.Execution`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from .pp._input_ids import EncodingInfo, sequences_for
+from ._batching import CellPositions, LengthGroupedBatchSampler, SequenceCollator, iter_batches
+from ._execution import Execution
 
-#: Default number of (padded) tokens per batch, by device type.
-DEFAULT_TOKEN_BUDGET = {"cpu": 8_192, "cuda": 131_072, "mps": 32_768}
+if TYPE_CHECKING:
+    from ._encoding import EncodingInfo
 
-
-def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """The requested device, or the best available one (CUDA, then Apple MPS, then CPU)."""
-    if device is not None:
-        return torch.device(device)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def autocast(device: torch.device, precision: str = "auto"):
-    """Mixed precision context: bf16 (or fp16 where bf16 is unsupported) on CUDA for ``"auto"``, else none."""
-    if precision == "auto":
-        if device.type != "cuda":
-            return nullcontext()
-        precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if precision in ("32", "fp32", "float32"):
-        return nullcontext()
-    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "16": torch.float16}
-    if precision not in dtypes:
-        msg = f"precision must be 'auto', 'fp32', 'bf16' or 'fp16', got {precision!r}."
-        raise ValueError(msg)
-    return torch.autocast(device_type=device.type, dtype=dtypes[precision])
-
-
-def resolve_token_budget(token_budget: int | None, device: torch.device) -> int:
-    """The requested token budget, or the device type's default."""
-    return token_budget or DEFAULT_TOKEN_BUDGET.get(device.type, DEFAULT_TOKEN_BUDGET["cpu"])
+#: ``compute(module, cells, input_ids, attention_mask)`` → ``{"cells": (B, k)}`` and/or ``{"token_ids": (N,),
+#: "token_values": (N, k)}``: per-cell rows, and values to sum per token id (``cells``: the batch's positions).
+Compute = Callable[[torch.nn.Module, np.ndarray, torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]
 
 
 @contextmanager
-def inference(module: torch.nn.Module, device: torch.device, precision: str = "auto") -> Iterator[torch.nn.Module]:
-    """``module`` on ``device`` in eval mode, under ``torch.inference_mode`` and the precision's autocast.
+def inference(module: torch.nn.Module, device: torch.device, execution: Execution) -> Iterator[torch.nn.Module]:
+    """``module`` on ``device`` in eval mode, under ``torch.inference_mode`` and the execution's autocast.
 
     The module's training mode is restored afterwards.
     """
@@ -62,99 +39,10 @@ def inference(module: torch.nn.Module, device: torch.device, precision: str = "a
     was_training = module.training
     module.eval()
     try:
-        with torch.inference_mode(), autocast(device, precision):
+        with torch.inference_mode(), execution.autocast(device):
             yield module
     finally:
         module.train(was_training)
-
-
-def plan_batches(lengths: np.ndarray, *, token_budget: int, max_cells: int | None = None) -> list[np.ndarray]:
-    """Split positions ``0..len(lengths)-1`` into batches, longest cells first.
-
-    Each batch holds cells of similar length whose padded size (cells × the batch's longest length) stays within
-    ``token_budget``; a single cell longer than the budget forms its own batch.
-    """
-    order = np.argsort(-np.asarray(lengths), kind="stable")
-    batches, start = [], 0
-    while start < len(order):
-        longest = max(int(lengths[order[start]]), 1)
-        size = max(1, token_budget // longest)
-        if max_cells is not None:
-            size = min(size, max_cells)
-        batches.append(order[start : start + size])
-        start += size
-    return batches
-
-
-@dataclass
-class TokenBatch:
-    """One padded batch: which cells (positions in the AnnData), their tokens and attention mask."""
-
-    cells: np.ndarray
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
-
-
-def pad_sequences(sequences: list[np.ndarray], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad token sequences to the longest one; returns ``(input_ids, attention_mask)`` as int64 tensors."""
-    longest = max(len(s) for s in sequences)
-    input_ids = np.full((len(sequences), longest), pad_id, dtype=np.int64)
-    for row, sequence in enumerate(sequences):
-        input_ids[row, : len(sequence)] = sequence
-    ids = torch.from_numpy(input_ids)
-    lengths = torch.tensor([len(s) for s in sequences])
-    mask = (torch.arange(longest)[None, :] < lengths[:, None]).long()
-    return ids, mask
-
-
-def iter_batches(
-    info: EncodingInfo,
-    cells: np.ndarray,
-    *,
-    token_budget: int,
-    max_cells: int | None = None,
-) -> Iterator[TokenBatch]:
-    """Padded batches of the encoded ``cells`` (positions in the AnnData), longest first."""
-    lengths = info.lengths[cells]
-    for batch in plan_batches(lengths, token_budget=token_budget, max_cells=max_cells):
-        positions = cells[batch]
-        ids, mask = pad_sequences(sequences_for(info, positions))
-        yield TokenBatch(positions, ids, mask)
-
-
-def run_batches(
-    model,
-    info: EncodingInfo,
-    cells: np.ndarray,
-    step: Callable[[TokenBatch, torch.Tensor, torch.Tensor], None],
-    *,
-    token_budget: int | None = None,
-    max_cells: int | None = None,
-    device: str | torch.device | None = None,
-    precision: str = "auto",
-    progress_bar: bool = True,
-    description: str = "cells",
-) -> torch.device:
-    """Call ``step(batch, input_ids, attention_mask)`` on every batch of the encoded ``cells``, tensors on device.
-
-    The model's module runs in eval mode (restored afterwards) under ``torch.inference_mode`` and the precision's
-    autocast; cells that were not encoded are skipped. Returns the device used.
-    """
-    from tqdm.auto import tqdm
-
-    model.check_encoding(info)
-    device = resolve_device(device)
-    budget = resolve_token_budget(token_budget, device)
-    cells = np.asarray(cells, dtype=np.int64)
-    encoded = cells[info.lengths[cells] > 0]
-    with (
-        tqdm(total=len(encoded), desc=description, unit="cell", disable=not progress_bar) as bar,
-        inference(model.module, device, precision),
-    ):
-        for batch in iter_batches(info, encoded, token_budget=budget, max_cells=max_cells):
-            step(batch, batch.input_ids.to(device), batch.attention_mask.to(device))
-            bar.update(len(batch.cells))
-    return device
 
 
 def gene_token_mask(input_ids: torch.Tensor, attention_mask: torch.Tensor, has_special_tokens: bool) -> torch.Tensor:
@@ -165,3 +53,168 @@ def gene_token_mask(input_ids: torch.Tensor, attention_mask: torch.Tensor, has_s
         last = attention_mask.sum(1) - 1
         mask[torch.arange(len(last)), last] = False
     return mask
+
+
+class InferenceResults:
+    """What an inference run collects: one row per requested cell, and sums and counts per token id.
+
+    Parameters
+    ----------
+    cells
+        Positions of the requested cells; ``cell_values`` has one row per position, in this order (NaN for cells
+        that were not encoded).
+    n_obs
+        Number of cells in the data.
+    cell_width
+        Width of the per-cell rows (``None``: none collected).
+    token_shape
+        ``(number of token ids, width)`` of the per-token sums (``None``: none collected).
+    """
+
+    def __init__(
+        self,
+        cells: np.ndarray,
+        n_obs: int,
+        *,
+        cell_width: int | None = None,
+        token_shape: tuple[int, int] | None = None,
+    ) -> None:
+        self.cells = np.asarray(cells, dtype=np.int64)
+        self._row_of = np.full(n_obs, -1, dtype=np.int64)
+        self._row_of[self.cells] = np.arange(len(self.cells))
+        self.cell_values = None if cell_width is None else np.full((len(cells), cell_width), np.nan, dtype=np.float32)
+        self._filled = np.zeros(len(cells), dtype=bool)
+        self.token_shape = token_shape
+        self._token_sums: torch.Tensor | None = None
+        self._token_counts: torch.Tensor | None = None
+
+    def add(self, positions: np.ndarray, outputs: dict[str, torch.Tensor]) -> None:
+        """Record one batch's outputs for the cells at ``positions``."""
+        if "cells" in outputs:
+            rows = self._row_of[np.asarray(positions)]
+            self.cell_values[rows] = outputs["cells"].float().cpu().numpy()
+            self._filled[rows] = True
+        if "token_ids" in outputs:
+            ids, values = outputs["token_ids"], outputs["token_values"]
+            if self._token_sums is None:
+                # float64 sums on the compute device (MPS has no float64)
+                dtype = torch.float32 if values.device.type == "mps" else torch.float64
+                self._token_sums = torch.zeros(self.token_shape, dtype=dtype, device=values.device)
+                self._token_counts = torch.zeros(self.token_shape[0], dtype=torch.int64, device=values.device)
+            self._token_sums.index_add_(0, ids, values.to(self._token_sums.dtype))
+            self._token_counts.index_add_(0, ids, torch.ones(len(ids), dtype=torch.int64, device=ids.device))
+
+    @property
+    def token_sums(self) -> np.ndarray:
+        """Per-token sums, float64 ``(token ids, width)``."""
+        if self._token_sums is None:
+            return np.zeros(self.token_shape, dtype=np.float64)
+        return self._token_sums.cpu().numpy().astype(np.float64, copy=False)
+
+    @property
+    def token_counts(self) -> np.ndarray:
+        """Per-token number of summed values."""
+        if self._token_counts is None:
+            return np.zeros(self.token_shape[0], dtype=np.int64)
+        return self._token_counts.cpu().numpy()
+
+    def gather(self) -> None:
+        """Combine the results of every process of a torch.distributed run, so that each holds all of them."""
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return
+        mine = (
+            np.flatnonzero(self._filled),
+            None if self.cell_values is None else self.cell_values[self._filled],
+            None if self._token_sums is None else (self.token_sums, self.token_counts),
+        )
+        gathered = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(gathered, mine)
+        sums = None
+        for rows, values, tokens in gathered:
+            if values is not None:
+                self.cell_values[rows] = values
+                self._filled[rows] = True
+            if tokens is not None:
+                sums = tokens if sums is None else (sums[0] + tokens[0], sums[1] + tokens[1])
+        if sums is not None:
+            self._token_sums, self._token_counts = torch.from_numpy(sums[0]), torch.from_numpy(sums[1])
+
+
+def run_inference(
+    module: torch.nn.Module,
+    info: EncodingInfo,
+    cells: np.ndarray,
+    compute: Compute,
+    results: InferenceResults,
+    execution: Execution | None = None,
+    *,
+    description: str = "cells",
+) -> InferenceResults:
+    """Run ``compute`` on every batch of the encoded ``cells`` and collect its outputs in ``results``.
+
+    In this process, the module runs on ``execution.device`` in eval mode (restored afterwards); with several devices
+    or processes, through Lightning (every process receives all results). Cells that were not encoded are skipped.
+    """
+    execution = Execution.coerce(execution)
+    cells = np.asarray(cells, dtype=np.int64)
+    encoded = cells[info.lengths[cells] > 0]
+    if execution.distributed:
+        _run_lightning(module, info, encoded, compute, results, execution)
+        return results
+    from tqdm.auto import tqdm
+
+    device = execution.device
+    budget = execution.token_budget_for(device.type)
+    with (
+        tqdm(total=len(encoded), desc=description, unit="cell", disable=not execution.show_progress) as bar,
+        inference(module, device, execution),
+    ):
+        for batch in iter_batches(info, encoded, token_budget=budget, max_cells=execution.batch_size):
+            ids, mask = batch.input_ids.to(device), batch.attention_mask.to(device)
+            results.add(batch.cells, compute(module, batch.cells, ids, mask))
+            bar.update(len(batch.cells))
+    return results
+
+
+def _run_lightning(module, info, cells, compute: Compute, results: InferenceResults, execution: Execution) -> None:
+    """:func:`run_inference` through ``lightning.Trainer.predict`` (one process per device)."""
+    import lightning.pytorch as pl
+
+    class Predictor(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.module = module
+
+        def predict_step(self, batch, batch_idx):
+            cells = batch["cells"].cpu().numpy()
+            results.add(cells, compute(self.module, cells, batch["input_ids"], batch["attention_mask"]))
+
+        def on_predict_epoch_end(self) -> None:
+            results.gather()
+
+    sampler = LengthGroupedBatchSampler(
+        cells,
+        info.lengths[cells],
+        token_budget=execution.token_budget_for(),
+        max_cells=execution.batch_size,
+        shuffle=False,
+        even_split=False,
+    )
+    loader = torch.utils.data.DataLoader(
+        CellPositions(info.n_cells), batch_sampler=sampler, collate_fn=SequenceCollator(info)
+    )
+    trainer = pl.Trainer(
+        **execution.trainer_kwargs(),
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=execution.show_progress,
+        enable_model_summary=False,
+        use_distributed_sampler=False,
+    )
+    was_training = module.training
+    module.eval()
+    try:
+        trainer.predict(Predictor(), dataloaders=loader, return_predictions=False)
+    finally:
+        module.train(was_training)
+        module.cpu()

@@ -1,4 +1,4 @@
-"""Package-wide settings: cache folder, download source and verbosity."""
+"""Package-wide settings: cache folder, download source, verbosity and the defaults of how work runs."""
 
 from __future__ import annotations
 
@@ -26,11 +26,30 @@ class Settings:
         ``resolve`` URL of ``ctheodoris/Geneformer`` at the pinned commit. Point it to a mirror to download from there.
     verbosity
         Level of the ``"scgeneformer"`` logger (a :mod:`logging` level name or number).
+    accelerator
+        Default device type of :class:`~scgeneformer.Execution`: ``"auto"`` (CUDA, then MPS, then CPU), ``"cpu"``,
+        ``"cuda"`` or ``"mps"``.
+    precision
+        Default precision: ``"auto"`` (bf16 on CUDA where supported, else fp16; fp32 elsewhere), ``"32"``, ``"bf16"``
+        or ``"16"``.
+    token_budget
+        Default padded tokens per batch; ``None`` picks one per device type (8,192 on CPU, 131,072 on CUDA).
+    progress_bar
+        Whether progress bars are shown by default.
+
+    Examples
+    --------
+    >>> sgf.settings.progress_bar = False  # doctest: +SKIP
+    >>> sgf.settings.token_budget = 32_768  # doctest: +SKIP
     """
 
     def __init__(self) -> None:
         self._cache_dir: Path | None = None
         self._hub_url: str | None = None
+        self._accelerator = "auto"
+        self._precision = "auto"
+        self._token_budget: int | None = None
+        self.progress_bar: bool = True
 
     @property
     def cache_dir(self) -> Path:
@@ -65,8 +84,44 @@ class Settings:
     def verbosity(self, value: int | str) -> None:
         logger.setLevel(value.upper() if isinstance(value, str) else value)
 
+    @property
+    def accelerator(self) -> str:
+        return self._accelerator
+
+    @accelerator.setter
+    def accelerator(self, value: str) -> None:
+        from ._execution import Execution
+
+        Execution(accelerator=value)  # validates
+        self._accelerator = value
+
+    @property
+    def precision(self) -> str:
+        return self._precision
+
+    @precision.setter
+    def precision(self, value: str) -> None:
+        from ._execution import normalize_precision
+
+        self._precision = normalize_precision(value)
+
+    @property
+    def token_budget(self) -> int | None:
+        return self._token_budget
+
+    @token_budget.setter
+    def token_budget(self, value: int | None) -> None:
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            msg = f"token_budget must be a positive integer or None, got {value!r}."
+            raise ValueError(msg)
+        self._token_budget = value
+
     def __repr__(self) -> str:
-        return f"Settings(cache_dir={str(self.cache_dir)!r}, hub_url={self.hub_url!r}, verbosity={self.verbosity})"
+        return (
+            f"Settings(cache_dir={str(self.cache_dir)!r}, hub_url={self.hub_url!r}, verbosity={self.verbosity}, "
+            f"accelerator={self.accelerator!r}, precision={self.precision!r}, token_budget={self.token_budget}, "
+            f"progress_bar={self.progress_bar})"
+        )
 
 
 settings = Settings()

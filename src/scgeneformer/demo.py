@@ -33,7 +33,7 @@ def run_demo(model_name: str = "Geneformer-V1-10M", local_files: Path | None = N
     import numpy as np
 
     import scgeneformer as sgf
-    from scgeneformer._registry import DownloadError, seed_cache
+    from scgeneformer._registry import seed_cache
 
     if local_files is not None:
         seeded = seed_cache(local_files)
@@ -45,7 +45,7 @@ def run_demo(model_name: str = "Geneformer-V1-10M", local_files: Path | None = N
     start = time.perf_counter()
     try:
         sgf.pp.rank_encode(adata, vocabulary=vocabulary, gene_id_key="ensembl_id")
-    except DownloadError as e:
+    except sgf.DownloadError as e:
         raise SystemExit(f"{e}\nOffline? Pass --local-files with copies of the published dictionaries.") from e
     elapsed = time.perf_counter() - start
     info = adata.uns["geneformer"]
@@ -60,7 +60,7 @@ def run_demo(model_name: str = "Geneformer-V1-10M", local_files: Path | None = N
     symbols = sgf.get_vocabulary(vocabulary).id_to_symbol[genes]
     print(f"cell {adata.obs_names[0]} ({adata.obs['cell_type'].iloc[0]}): top genes {', '.join(map(str, symbols))}")
     start = time.perf_counter()
-    sgf.tl.embed(adata, model, progress_bar=False)
+    sgf.tl.embed(adata, model, execution={"progress_bar": False})
     elapsed = time.perf_counter() - start
     embedding = adata.obsm["X_geneformer"]
     print(f"embed: {embedding.shape[0]} cells x {embedding.shape[1]} dimensions in {elapsed:.1f} s ({model})")
@@ -69,11 +69,10 @@ def run_demo(model_name: str = "Geneformer-V1-10M", local_files: Path | None = N
 
 def _load_model(name: str, local_files: Path | None):
     import scgeneformer as sgf
-    from scgeneformer._registry import DownloadError
 
     try:
         return sgf.GeneformerModel.from_pretrained(name)
-    except DownloadError:
+    except sgf.DownloadError:
         fallback = None if local_files is None else local_files / "golden" / "checkpoints" / "tiny_v1"
         if fallback is None or not fallback.is_dir():
             raise

@@ -214,7 +214,7 @@ class Vocabulary:
         import pandas as pd
 
         ids = pd.Series(np.asarray(gene_ids, dtype=object))
-        keys = ids.where(ids.notna(), None).map(_normalize_id, na_action="ignore")
+        keys = ids.where(ids.notna(), None).map(normalize_gene_id, na_action="ignore")
         return keys.map(self._lookup).fillna(-1).to_numpy(dtype=np.int32)
 
     def map_gene_ids_reference(self, gene_ids: Sequence | pd.Index | np.ndarray) -> tuple[np.ndarray, bool]:
@@ -239,7 +239,11 @@ class Vocabulary:
         return f"Vocabulary({self.version!r}, {len(self)} tokens, input size {self.input_size}, source={self.source!r})"
 
 
-def _normalize_id(value: object) -> str | None:
+def normalize_gene_id(value: object) -> str | None:
+    """The lookup key of a gene identifier: stripped, upper-cased, without an Ensembl version suffix.
+
+    Missing-value strings (``""``, ``"nan"``, ``"None"``, ``"NA"``, ``"<NA>"``, ``"NULL"``) give ``None``.
+    """
     key = str(value).strip().upper()
     if key in _MISSING_ID_STRINGS:
         return None

@@ -1,8 +1,22 @@
-"""Geneformer as a scvi-tools model: module, model class and published checkpoints."""
+"""Geneformer as a scvi-tools model: module, model class, training plan, tasks and published checkpoints."""
 
-from ._checkpoints import CHECKPOINTS, Checkpoint, list_models
+from ._checkpoints import CHECKPOINTS, Checkpoint, get_checkpoint, list_models
+from ._gene_classifier import GeneLabels
+from ._inference import Embeddings
 from ._model import GeneformerModel
 from ._module import GeneformerModule
-from ._training import GeneformerTrainingPlan
+from ._training import PLAN_DEFAULTS, ClassifierTrainingPlan, GeneformerTrainingPlan
 
-__all__ = ["CHECKPOINTS", "Checkpoint", "GeneformerModel", "GeneformerModule", "GeneformerTrainingPlan", "list_models"]
+__all__ = [
+    "CHECKPOINTS",
+    "PLAN_DEFAULTS",
+    "Checkpoint",
+    "ClassifierTrainingPlan",
+    "Embeddings",
+    "GeneLabels",
+    "GeneformerModel",
+    "GeneformerModule",
+    "GeneformerTrainingPlan",
+    "get_checkpoint",
+    "list_models",
+]

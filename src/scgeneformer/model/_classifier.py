@@ -1,14 +1,10 @@
-"""Cell-classification fine-tuning: splits, the training plan with macro-F1 model selection, and evaluation."""
+"""Cell classification: stratified or grouped splits of labelled cells, and the evaluation report."""
 
 from __future__ import annotations
 
-import copy
 import math
 
 import numpy as np
-import torch
-
-from ._training import GeneformerTrainingPlan
 
 
 def split_cells(
@@ -61,37 +57,3 @@ def classification_metrics(true: np.ndarray, predicted: np.ndarray, classes: lis
         "classes": list(classes),
         "n_cells": int(len(true)),
     }
-
-
-class ClassifierTrainingPlan(GeneformerTrainingPlan):
-    """Training plan for the classification head: logs validation macro-F1 and keeps the best weights."""
-
-    def __init__(self, module, *, n_classes: int, **kwargs) -> None:
-        super().__init__(module, **kwargs)
-        self.n_classes = n_classes
-        self._predicted: list[torch.Tensor] = []
-        self._true: list[torch.Tensor] = []
-        self.best_macro_f1 = -1.0
-        self.best_state: dict | None = None
-
-    def validation_step(self, batch, batch_idx):
-        _, generative, loss = self.forward(batch, loss_kwargs=self.loss_kwargs)
-        self.log(
-            "validation_loss", loss.loss, on_epoch=True, sync_dist=self.use_sync_dist, batch_size=len(batch["labels"])
-        )
-        self.compute_and_log_metrics(loss, self.val_metrics, "validation")
-        self._predicted.append(generative["class_logits"].argmax(-1).detach().cpu())
-        self._true.append(batch["labels"].detach().cpu())
-
-    def on_validation_epoch_end(self) -> None:
-        if not self._true:
-            return
-        from sklearn.metrics import f1_score
-
-        true, predicted = torch.cat(self._true).numpy(), torch.cat(self._predicted).numpy()
-        macro_f1 = f1_score(true, predicted, labels=np.arange(self.n_classes), average="macro", zero_division=0)
-        self._predicted, self._true = [], []
-        self.log("validation_macro_f1", float(macro_f1), sync_dist=self.use_sync_dist)
-        if macro_f1 > self.best_macro_f1:
-            self.best_macro_f1 = float(macro_f1)
-            self.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in self.module.state_dict().items()})

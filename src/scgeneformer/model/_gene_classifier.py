@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 
+from .._encoding import EncodingInfo
 from .._settings import logger
-
-if TYPE_CHECKING:
-    from ..pp._input_ids import EncodingInfo
-
-#: Cells read from the rank layer at a time when scanning it (backed layers stay on disk).
-_SCAN_CELLS = 20_000
-_VERSION_SUFFIX = re.compile(r"^(ENS[A-Z]*G\d+)\.\d+$")
+from ..vocabulary import normalize_gene_id
 
 
 @dataclass
@@ -35,28 +27,40 @@ class GeneLabels:
         Class code (position in ``classes``) of each token.
     names
         A gene name of each token (the first matching ``var_name``).
+    var
+        Position in ``.var`` of that gene.
     """
 
     classes: list[str]
     tokens: np.ndarray
     codes: np.ndarray
     names: np.ndarray
+    var: np.ndarray
 
-    def lookup(self, vocab_size: int, subset: np.ndarray | None = None) -> np.ndarray:
-        """Class code of every token id (-100: unlabelled), labelling only the genes at positions ``subset``."""
-        subset = np.arange(len(self.tokens)) if subset is None else np.asarray(subset)
+    @classmethod
+    def resolve(cls, info: EncodingInfo, gene_labels: Mapping[str, object] | str) -> GeneLabels:
+        """Map ``{class: [genes]}`` or a ``.var`` column of classes to the tokens of an encoded AnnData.
+
+        See :func:`resolve_gene_labels`.
+        """
+        return resolve_gene_labels(info, gene_labels)
+
+    def subset(self, positions) -> GeneLabels:
+        """The labels of the genes at ``positions`` (classes unchanged)."""
+        positions = np.asarray(positions)
+        return GeneLabels(
+            self.classes, self.tokens[positions], self.codes[positions], self.names[positions], self.var[positions]
+        )
+
+    def lookup(self, vocab_size: int) -> np.ndarray:
+        """Class code of every token id (-100: unlabelled)."""
         table = np.full(vocab_size, -100, dtype=np.int64)
-        table[self.tokens[subset]] = self.codes[subset]
+        table[self.tokens] = self.codes
         return table
 
 
 def _normalise(identifiers) -> np.ndarray:
-    """Upper-cased identifiers without surrounding spaces or an Ensembl version suffix."""
-    out = []
-    for identifier in identifiers:
-        name = str(identifier).strip().upper()
-        out.append(_VERSION_SUFFIX.sub(r"\1", name))
-    return np.asarray(out, dtype=object)
+    return np.asarray([normalize_gene_id(identifier) for identifier in identifiers], dtype=object)
 
 
 def resolve_gene_labels(info: EncodingInfo, gene_labels: Mapping[str, object] | str) -> GeneLabels:
@@ -99,7 +103,7 @@ def resolve_gene_labels(info: EncodingInfo, gene_labels: Mapping[str, object] | 
         raise TypeError(msg)
 
     present = np.zeros(int(var_token.max(initial=-1)) + 1, dtype=bool)
-    present[var_token[(var_occurrence(info) > 0) & (var_token >= 0)]] = True
+    present[var_token[(info.var_occurrence() > 0) & (var_token >= 0)]] = True
     pairs = pairs[present[pairs["token"].to_numpy()]] if len(pairs) else pairs
     pairs = pairs.drop_duplicates(["token", "class"])
     conflicting = pairs["token"][pairs["token"].duplicated()].unique()
@@ -126,6 +130,7 @@ def resolve_gene_labels(info: EncodingInfo, gene_labels: Mapping[str, object] | 
         tokens=pairs["token"].to_numpy(dtype=np.int64),
         codes=codes,
         names=adata.var_names[pairs["var"].to_numpy()].to_numpy(dtype=object),
+        var=pairs["var"].to_numpy(dtype=np.int64),
     )
 
 
@@ -133,12 +138,12 @@ def _pairs_from_dict(info: EncodingInfo, gene_labels: Mapping[str, object]) -> p
     adata = info.adata
     var_token = info.var_token
     keys = [_normalise(adata.var_names)]
-    id_key = adata.uns[info.keys["uns"]]["params"].get("gene_id_key", "var_names")
+    id_key = info.params.get("gene_id_key", "var_names")
     if id_key != "var_names" and id_key in adata.var.columns:
         keys.append(_normalise(adata.var[id_key].to_numpy(dtype=object)))
     n_vars = adata.n_vars
     index = pd.DataFrame({"name": np.concatenate(keys), "var": np.tile(np.arange(n_vars), len(keys))}).drop_duplicates()
-    index = index[var_token[index["var"].to_numpy()] >= 0]
+    index = index[(var_token[index["var"].to_numpy()] >= 0) & index["name"].notna().to_numpy()]
     rows = []
     for label, genes in gene_labels.items():
         if isinstance(genes, str) or not hasattr(genes, "__iter__"):
@@ -153,31 +158,3 @@ def _pairs_from_dict(info: EncodingInfo, gene_labels: Mapping[str, object]) -> p
     matched = matched.dropna(subset=["var"])
     var = matched["var"].to_numpy(dtype=np.int64)
     return pd.DataFrame({"token": var_token[var], "class": matched["class"].to_numpy(dtype=object), "var": var})
-
-
-def _rank_rows(info: EncodingInfo) -> Iterator[tuple[int, sp.csr_matrix]]:
-    """The rank layer in row chunks (start position, CSR rows), also for layers backed on disk."""
-    n_obs = info.adata.n_obs
-    for start in range(0, n_obs, _SCAN_CELLS):
-        rows = info.ranks[start : min(start + _SCAN_CELLS, n_obs)]
-        yield start, rows if isinstance(rows, sp.csr_matrix) else sp.csr_matrix(rows)
-
-
-def var_occurrence(info: EncodingInfo) -> np.ndarray:
-    """Number of cells whose encoding holds each ``.var`` gene."""
-    counts = np.zeros(info.adata.n_vars, dtype=np.int64)
-    for _, rows in _rank_rows(info):
-        counts += np.bincount(rows.indices[rows.data > 0], minlength=len(counts))
-    return counts
-
-
-def cells_with_tokens(info: EncodingInfo, tokens: np.ndarray) -> np.ndarray:
-    """Positions of the encoded cells that hold at least one of ``tokens``."""
-    wanted = np.isin(info.var_token, tokens) & (info.var_token >= 0)
-    found = []
-    for start, rows in _rank_rows(info):
-        hits = wanted[rows.indices] & (rows.data > 0)
-        row_of_entry = np.repeat(np.arange(rows.shape[0]), np.diff(rows.indptr))
-        found.append(start + np.flatnonzero(np.bincount(row_of_entry[hits], minlength=rows.shape[0])))
-    cells = np.concatenate(found) if found else np.array([], dtype=np.int64)
-    return cells[info.lengths[cells] > 0]

@@ -75,12 +75,10 @@ class GeneformerModule(BaseModuleClass):
         self.classifier_pooling = classifier_pooling
         self.classifier = None
         if n_classes is not None:
-            self.classifier = torch.nn.Sequential(
-                torch.nn.Dropout(classifier_dropout), torch.nn.Linear(config.hidden_size, n_classes)
-            )
+            self.classifier = classification_head(config.hidden_size, n_classes, classifier_dropout)
         self.gene_classifier = None
         if n_gene_classes is not None:
-            self.gene_classifier = gene_classification_head(config.hidden_size, n_gene_classes, classifier_dropout)
+            self.gene_classifier = classification_head(config.hidden_size, n_gene_classes, classifier_dropout)
 
     @property
     def config(self):
@@ -91,6 +89,21 @@ class GeneformerModule(BaseModuleClass):
     def n_layers(self) -> int:
         """Number of encoder layers."""
         return self.config.num_hidden_layers
+
+    def hidden_state_index(self, layer: int) -> int:
+        """Index into the ``n_layers + 1`` hidden states (0 = embedding layer output) that ``layer`` selects.
+
+        ``layer <= 0`` follows the reference's ``emb_layer``: ``0`` is the last encoder layer, ``-1`` the second to
+        last, ``-k`` hidden state ``n_layers - k``. ``layer > 0`` is an explicit 1-based encoder layer number.
+        """
+        index = self.n_layers + layer if layer <= 0 else layer
+        if not 0 <= index <= self.n_layers:
+            msg = (
+                f"layer {layer} does not exist in a model with {self.n_layers} encoder layers "
+                f"(use -{self.n_layers}..{self.n_layers})."
+            )
+            raise ValueError(msg)
+        return index
 
     @contextmanager
     def _first_layers(self, n_layers: int):
@@ -221,6 +234,9 @@ class GeneformerModule(BaseModuleClass):
         raise NotImplementedError("Geneformer does not define a sampling distribution.")
 
 
-def gene_classification_head(hidden_size: int, n_classes: int, dropout: float = 0.1) -> torch.nn.Module:
-    """Dropout and a linear layer from each token's hidden state to gene-class logits."""
+def classification_head(hidden_size: int, n_classes: int, dropout: float = 0.1) -> torch.nn.Module:
+    """The head of every classification task: dropout and a linear layer from a hidden state to class logits.
+
+    Cell classification applies it to the pooled cell embedding, gene classification to each gene token's state.
+    """
     return torch.nn.Sequential(torch.nn.Dropout(dropout), torch.nn.Linear(hidden_size, n_classes))

@@ -1,59 +1,79 @@
-"""Training plan and ``train`` for Geneformer models (masked-gene pretraining on the scvi-tools/Lightning stack)."""
+"""Training plans of Geneformer models on the scvi-tools/Lightning stack: BERT's optimiser and warm-up schedule."""
 
 from __future__ import annotations
 
+import copy
+import inspect
 import math
 
+import numpy as np
 import torch
 from scvi.train import TrainingPlan
 
+#: The documented defaults of every fine-tuning and pretraining run (the reference's fine-tuning values).
+PLAN_DEFAULTS = {"lr": 5e-5, "weight_decay": 0.001, "warmup_steps": 0.05, "schedule": "linear"}
+SCHEDULES = ("linear", "cosine", "constant")
+
 
 class GeneformerTrainingPlan(TrainingPlan):
-    """scvi-tools training plan with BERT's optimiser: AdamW (no decay on biases and LayerNorm) and warm-up.
+    """scvi-tools training plan with BERT's optimiser: AdamW with weight decay on matrices only, and warm-up.
 
     Parameters
     ----------
     module
         The :class:`~scgeneformer.model.GeneformerModule`.
     lr, weight_decay
-        AdamW learning rate and weight decay.
+        AdamW learning rate and weight decay. Following nanoGPT, weight decay applies to parameters with two or more
+        dimensions (weight matrices and embeddings), never to biases and LayerNorm parameters.
     warmup_steps
         Linear warm-up steps (an int) or fraction of all steps (a float below 1).
     schedule
         ``"linear"`` or ``"cosine"`` decay to 0 after warm-up, or ``"constant"``.
+    **kwargs
+        Further :class:`scvi.train.TrainingPlan` arguments.
     """
 
     def __init__(
         self,
         module,
         *,
-        lr: float = 1e-4,
-        weight_decay: float = 0.01,
-        warmup_steps: int | float = 0.05,
-        schedule: str = "linear",
+        lr: float = PLAN_DEFAULTS["lr"],
+        weight_decay: float = PLAN_DEFAULTS["weight_decay"],
+        warmup_steps: int | float = PLAN_DEFAULTS["warmup_steps"],
+        schedule: str = PLAN_DEFAULTS["schedule"],
         **kwargs,
     ) -> None:
+        check_plan_kwargs({"lr": lr, "weight_decay": weight_decay, "warmup_steps": warmup_steps, "schedule": schedule})
         super().__init__(module, lr=lr, weight_decay=weight_decay, optimizer="AdamW", **kwargs)
-        if schedule not in ("linear", "cosine", "constant"):
-            msg = f"schedule must be 'linear', 'cosine' or 'constant', got {schedule!r}."
-            raise ValueError(msg)
         self.warmup_steps = warmup_steps
         self.schedule = schedule
 
     def compute_and_log_metrics(self, loss_output, metrics, mode):
-        """scvi-tools' metric logging, under ``no_grad`` instead of ``inference_mode``.
+        """Log the task's metrics (``accuracy_train``, ``masked_accuracy_validation`` …), under ``no_grad``.
 
-        Lightning syncs logged values across DDP processes with in-place updates, which inference-mode tensors
-        forbid, so the original (decorated with ``torch.inference_mode``) fails in multi-process training.
+        scvi-tools' version logs variational (ELBO/KL) metrics that mean nothing for BERT and runs under
+        ``torch.inference_mode``, whose tensors Lightning cannot sync across DDP processes.
         """
         with torch.no_grad():
-            TrainingPlan.compute_and_log_metrics.__wrapped__(self, loss_output, metrics, mode)
+            n_obs = loss_output.n_obs_minibatch
+            for key, value in loss_output.extra_metrics.items():
+                if isinstance(value, torch.Tensor) and value.dim() != 0:
+                    continue  # only scalars are logged
+                value = value.detach() if isinstance(value, torch.Tensor) else value
+                self.log(
+                    f"{key}_{mode}",
+                    value,
+                    on_step=self.on_step,
+                    on_epoch=self.on_epoch,
+                    batch_size=n_obs,
+                    sync_dist=self.use_sync_dist,
+                )
 
     def configure_optimizers(self):
         decay, no_decay = [], []
-        for name, parameter in self.module.named_parameters():
+        for parameter in self.module.parameters():
             if parameter.requires_grad:
-                (no_decay if name.endswith("bias") or "LayerNorm" in name else decay).append(parameter)
+                (decay if parameter.dim() >= 2 else no_decay).append(parameter)
         optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": self.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=self.lr,
@@ -74,3 +94,67 @@ class GeneformerTrainingPlan(TrainingPlan):
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+class ClassifierTrainingPlan(GeneformerTrainingPlan):
+    """Training plan for cell classification: logs validation macro-F1 and keeps the weights of the best epoch."""
+
+    def __init__(self, module, *, n_classes: int, **kwargs) -> None:
+        super().__init__(module, **kwargs)
+        self.n_classes = n_classes
+        self._predicted: list[torch.Tensor] = []
+        self._true: list[torch.Tensor] = []
+        self.best_macro_f1 = -1.0
+        self.best_state: dict | None = None
+
+    def validation_step(self, batch, batch_idx):
+        _, generative, loss = self.forward(batch, loss_kwargs=self.loss_kwargs)
+        self.log(
+            "validation_loss", loss.loss, on_epoch=True, sync_dist=self.use_sync_dist, batch_size=len(batch["labels"])
+        )
+        self.compute_and_log_metrics(loss, self.val_metrics, "validation")
+        self._predicted.append(generative["class_logits"].argmax(-1).detach().cpu())
+        self._true.append(batch["labels"].detach().cpu())
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._true:
+            return
+        from sklearn.metrics import f1_score
+
+        true, predicted = torch.cat(self._true).numpy(), torch.cat(self._predicted).numpy()
+        macro_f1 = f1_score(true, predicted, labels=np.arange(self.n_classes), average="macro", zero_division=0)
+        self._predicted, self._true = [], []
+        self.log("validation_macro_f1", float(macro_f1), sync_dist=self.use_sync_dist)
+        if macro_f1 > self.best_macro_f1:
+            self.best_macro_f1 = float(macro_f1)
+            self.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in self.module.state_dict().items()})
+
+
+def check_plan_kwargs(plan_kwargs: dict | None, plan_cls: type = GeneformerTrainingPlan) -> dict:
+    """Validate ``plan_kwargs`` (names and values) before anything is trained or changed; returns a copy."""
+    plan_kwargs = dict(plan_kwargs or {})
+    accepted = set(inspect.signature(GeneformerTrainingPlan.__init__).parameters) | set(
+        inspect.signature(TrainingPlan.__init__).parameters
+    )
+    accepted -= {"self", "module", "kwargs", "loss_kwargs", "optimizer", "optimizer_creator"}
+    unknown = sorted(set(plan_kwargs) - accepted)
+    if unknown:
+        msg = f"Unknown plan_kwargs {unknown}; accepted: lr, weight_decay, warmup_steps, schedule and {sorted(accepted)}."
+        raise TypeError(msg)
+    lr = plan_kwargs.get("lr", PLAN_DEFAULTS["lr"])
+    if not (isinstance(lr, int | float) and lr > 0):
+        msg = f"lr must be a positive number, got {lr!r}."
+        raise ValueError(msg)
+    weight_decay = plan_kwargs.get("weight_decay", PLAN_DEFAULTS["weight_decay"])
+    if not (isinstance(weight_decay, int | float) and weight_decay >= 0):
+        msg = f"weight_decay must be a non-negative number, got {weight_decay!r}."
+        raise ValueError(msg)
+    warmup = plan_kwargs.get("warmup_steps", PLAN_DEFAULTS["warmup_steps"])
+    if isinstance(warmup, bool) or not (isinstance(warmup, int) and warmup >= 0 or isinstance(warmup, float) and 0 <= warmup < 1):
+        msg = f"warmup_steps must be a number of steps (int >= 0) or a fraction of all steps in [0, 1), got {warmup!r}."
+        raise ValueError(msg)
+    schedule = plan_kwargs.get("schedule", PLAN_DEFAULTS["schedule"])
+    if schedule not in SCHEDULES:
+        msg = f"schedule must be one of {SCHEDULES}, got {schedule!r}."
+        raise ValueError(msg)
+    return plan_kwargs

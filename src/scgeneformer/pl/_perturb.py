@@ -7,6 +7,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..tl._perturb_spec import GoalStates
+from ..tl._perturb_stats import perturbation_results
+
 if TYPE_CHECKING:
     import pandas as pd
     from anndata import AnnData
@@ -15,8 +18,6 @@ if TYPE_CHECKING:
 
 
 def _results(data, key: str, mod: str) -> dict:
-    from ..tl._perturb_stats import perturbation_results
-
     return perturbation_results(data, key, mod)[0]
 
 
@@ -24,9 +25,9 @@ def _effect(results: dict) -> tuple[pd.DataFrame, str, str]:
     """Cell rows with an ``effect`` column: the shift toward the goal state, or 1 - cosine without states."""
     rows = results["cells"]
     rows = rows[rows["affected"] == "cell"].copy()
-    states = results.get("params", {}).get("states")
-    if states:
-        goal = states["goal_state"]
+    states = GoalStates.from_params(results.get("params", {}).get("states"))
+    if states is not None:
+        goal = states.goal_state
         rows["effect"] = rows[f"shift_{goal}"].astype(np.float64)
         return rows, f"shift toward {goal}", "goal"
     rows["effect"] = 1.0 - rows["cosine"].astype(np.float64)

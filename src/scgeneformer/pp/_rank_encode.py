@@ -12,6 +12,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .._data import default_n_jobs, get_matrix, iter_row_chunks, ordered_parallel_map, resolve_adata
+from .._encoding import encoding_keys
 from .._settings import logger
 from ..vocabulary import Vocabulary, get_vocabulary
 from ._gene_plan import GenePlan
@@ -23,16 +24,6 @@ if TYPE_CHECKING:
 
 #: Share of counts in vocabulary genes below which a warning suggests checking the gene identifiers.
 LOW_MAPPED_SHARE = 0.5
-
-
-def encoding_keys(key_added: str) -> dict[str, str]:
-    """Names of the keys :func:`rank_encode` writes for ``key_added``."""
-    return {
-        "ranks": f"{key_added}_ranks",
-        "token": f"{key_added}_token",
-        "n_tokens": f"{key_added}_n_tokens",
-        "uns": key_added,
-    }
 
 
 def rank_encode(
@@ -163,7 +154,7 @@ def rank_encode(
         return start, stop, ranks, ranked.n_genes_untruncated, row_totals[selected].sum(), ranked.counts_in_vocabulary
 
     sink = _RankSink.for_adata(
-        adata, matrix, encoding_keys(key_added)["ranks"], ranks_file=ranks_file, max_genes=vocab.max_genes
+        adata, matrix, encoding_keys(key_added).ranks, ranks_file=ranks_file, max_genes=vocab.max_genes
     )
     lengths = np.zeros(adata.n_obs, dtype=np.int32)
     n_truncated = 0
@@ -193,16 +184,19 @@ def rank_encode(
     _log_summary(vocab, plan, adata.n_vars, n_mapped, mapped_share, n_empty, passes_filter, n_truncated)
 
     keys = encoding_keys(key_added)
-    adata.layers[keys["ranks"]] = sink.finish()
-    adata.var[keys["token"]] = plan.var_token
-    adata.obs[keys["n_tokens"]] = lengths
-    adata.uns[keys["uns"]] = {
+    adata.layers[keys.ranks] = sink.finish()
+    adata.var[keys.token] = plan.var_token
+    adata.obs[keys.n_tokens] = lengths
+    adata.uns[keys.uns] = {
         "params": {
             "vocabulary": vocab.version,
             "vocabulary_source": vocab.source,
             "input_size": vocab.input_size,
+            "pad_id": vocab.pad_id,
+            "mask_id": vocab.mask_id,
             "cls_id": -1 if vocab.cls_id is None else vocab.cls_id,
             "eos_id": -1 if vocab.eos_id is None else vocab.eos_id,
+            "first_gene_id": 1 + max(vocab.special_ids),
             "gene_id_key": gene_id_key or "var_names",
             "layer": layer or "X",
             "n_counts_key": n_counts_key or "total counts over all genes",

@@ -4,9 +4,11 @@ from ._annotate import annotate
 from ._embed import embed, state_embeddings
 from ._gene_classify import classify_genes, gene_classification_cv
 from ._perturb import perturb
+from ._perturb_spec import GoalStates
 from ._perturb_stats import perturbation_stats
 
 __all__ = [
+    "GoalStates",
     "annotate",
     "classify_genes",
     "embed",

@@ -9,50 +9,13 @@ import numpy as np
 from .._data import resolve_adata
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from anndata import AnnData
     from mudata import MuData
 
+    from .._execution import Execution
     from ..model import GeneformerModel
-    from ..pp._input_ids import EncodingInfo
-
-
-def class_probabilities(
-    model: GeneformerModel,
-    info: EncodingInfo,
-    cells: np.ndarray,
-    *,
-    token_budget: int | None = None,
-    device: str | None = None,
-    precision: str = "auto",
-    progress_bar: bool = True,
-) -> np.ndarray:
-    """Softmax class probabilities of ``cells`` (positions), NaN rows for cells that were not encoded."""
-    import torch
-
-    from .._engine import run_batches
-
-    if model.module.classifier is None:
-        msg = "The model has no classification head; fine-tune it with `model.train_classifier()` first."
-        raise ValueError(msg)
-    out = np.full((len(cells), len(model.classes)), np.nan, dtype=np.float32)
-    row_of_cell = {int(c): i for i, c in enumerate(cells)}
-
-    def step(batch, ids, mask):
-        logits = model.module.classify(ids, mask)
-        out[[row_of_cell[int(c)] for c in batch.cells]] = torch.softmax(logits.float(), -1).cpu().numpy()
-
-    run_batches(
-        model,
-        info,
-        cells,
-        step,
-        token_budget=token_budget,
-        device=device,
-        precision=precision,
-        progress_bar=progress_bar,
-        description="classifying cells",
-    )
-    return out
 
 
 def annotate(
@@ -61,10 +24,7 @@ def annotate(
     *,
     key_added: str = "geneformer_label",
     encoding_key: str = "geneformer",
-    token_budget: int | None = None,
-    device: str | None = None,
-    precision: str = "auto",
-    progress_bar: bool = True,
+    execution: Execution | Mapping | None = None,
     mod: str = "rna",
     copy: bool = False,
 ) -> AnnData | MuData | None:
@@ -80,40 +40,47 @@ def annotate(
     model
         A fine-tuned classifier.
     key_added
-        ``.obs[key_added]``: predicted label (categorical; NaN for cells that were not encoded);
-        ``.obs[f"{key_added}_probability"]``: its probability; ``.obsm[f"{key_added}_probabilities"]``: a DataFrame
-        of every class's probability; ``.uns[key_added]``: parameters and classes.
-    encoding_key, token_budget, device, precision, progress_bar, mod
+        Where the results go (see Returns).
+    encoding_key, execution, mod
         As in :func:`scgeneformer.tl.embed`.
     copy
         Return a copy with the results instead of writing into ``data``.
+
+    Returns
+    -------
+    ``None``, or the copy when ``copy=True``. Written keys:
+
+    ``.obs[key_added]``
+        Predicted label (categorical; NaN for cells that were not encoded).
+    ``.obs[f"{key_added}_probability"]``
+        Its probability.
+    ``.obsm[f"{key_added}_probabilities"]``
+        A DataFrame of every class's probability.
+    ``.uns[key_added]``
+        Parameters and classes.
+
+    Examples
+    --------
+    >>> sgf.pp.rank_encode(query, vocabulary="V1")  # doctest: +SKIP
+    >>> sgf.tl.annotate(query, model)  # doctest: +SKIP
+    >>> query.obs["geneformer_label"].value_counts()  # doctest: +SKIP
     """
     import pandas as pd
-
-    from ..pp._input_ids import EncodingInfo
 
     if copy:
         data = data.copy()
     adata = resolve_adata(data, mod)
-    info = EncodingInfo(adata, encoding_key)
-    probabilities = class_probabilities(
-        model,
-        info,
-        np.arange(adata.n_obs),
-        token_budget=token_budget,
-        device=device,
-        precision=precision,
-        progress_bar=progress_bar,
-    )
-    classes = list(model.classes)
-    encoded = ~np.isnan(probabilities).any(1)
+    probabilities = model.predict(adata, soft=True, encoding_key=encoding_key, execution=execution)
+    values = probabilities.to_numpy()
+    classes = list(probabilities.columns)
+    encoded = ~np.isnan(values).any(1)
     codes = np.full(adata.n_obs, -1)
-    codes[encoded] = probabilities[encoded].argmax(1)
+    codes[encoded] = values[encoded].argmax(1)
     adata.obs[key_added] = pd.Categorical.from_codes(codes, categories=classes)
     best = np.full(adata.n_obs, np.nan, dtype=np.float32)
-    best[encoded] = probabilities[encoded].max(1)
+    best[encoded] = values[encoded].max(1)
     adata.obs[f"{key_added}_probability"] = best
-    adata.obsm[f"{key_added}_probabilities"] = pd.DataFrame(probabilities, index=adata.obs_names, columns=classes)
+    adata.obsm[f"{key_added}_probabilities"] = probabilities
     adata.uns[key_added] = {
         "params": {"model": model.checkpoint or "", "encoding_key": encoding_key},
         "classes": classes,

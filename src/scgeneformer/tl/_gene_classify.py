@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .._data import resolve_adata
+from .._execution import Execution
+from ..model import GeneLabels
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -16,62 +18,6 @@ if TYPE_CHECKING:
     from mudata import MuData
 
     from ..model import GeneformerModel
-    from ..pp._input_ids import EncodingInfo
-
-
-def token_class_probabilities(
-    model: GeneformerModel,
-    info: EncodingInfo,
-    cells: np.ndarray,
-    *,
-    token_budget: int | None = None,
-    device: str | None = None,
-    precision: str = "auto",
-    progress_bar: bool = True,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Gene-class probabilities of every token id, averaged over its occurrences in ``cells``.
-
-    Returns
-    -------
-    ``(probabilities, counts)``: a ``(vocab_size, classes)`` array (NaN rows for tokens that do not occur) and the
-    number of cells each token occurs in.
-    """
-    import torch
-
-    from .._engine import gene_token_mask, resolve_device, run_batches
-
-    if model.module.gene_classifier is None:
-        msg = "The model has no gene-classification head; fine-tune it with `model.train_gene_classifier()` first."
-        raise ValueError(msg)
-    device = resolve_device(device)
-    module = model.module
-    vocab_size, n_classes = module.config.vocab_size, len(model.gene_classes)
-    dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
-    sums = torch.zeros(vocab_size, n_classes, dtype=dtype, device=device)
-    counts = torch.zeros(vocab_size, dtype=dtype, device=device)
-
-    def step(batch, ids, mask):
-        logits = module.classify_genes(ids, mask)
-        genes = gene_token_mask(ids, mask, has_special_tokens=module.special_tokens)
-        tokens = ids[genes]
-        sums.index_add_(0, tokens, torch.softmax(logits[genes].float(), -1).to(dtype))
-        counts.index_add_(0, tokens, torch.ones(len(tokens), dtype=dtype, device=device))
-
-    run_batches(
-        model,
-        info,
-        cells,
-        step,
-        token_budget=token_budget,
-        device=device,
-        precision=precision,
-        progress_bar=progress_bar,
-        description="classifying genes",
-    )
-    counts_np = counts.cpu().numpy()
-    with np.errstate(invalid="ignore", divide="ignore"):
-        probabilities = sums.cpu().numpy() / counts_np[:, None]
-    return probabilities.astype(np.float32), counts_np.astype(np.int64)
 
 
 def classify_genes(
@@ -80,10 +26,7 @@ def classify_genes(
     *,
     key_added: str = "geneformer_gene_class",
     encoding_key: str = "geneformer",
-    token_budget: int | None = None,
-    device: str | None = None,
-    precision: str = "auto",
-    progress_bar: bool = True,
+    execution: Execution | Mapping | None = None,
     mod: str = "rna",
     copy: bool = False,
 ) -> AnnData | MuData | None:
@@ -100,44 +43,50 @@ def classify_genes(
     model
         A fine-tuned gene classifier.
     key_added
-        ``.var[f"{key_added}_{class}"]``: each class's probability (NaN for genes in no encoded cell);
-        ``.var[key_added]``: the most probable class (categorical, NaN for genes in no encoded cell);
-        ``.var[f"{key_added}_n_cells"]``: the number of cells averaged over; ``.uns[key_added]``: parameters and
-        classes.
-    encoding_key, token_budget, device, precision, progress_bar, mod
+        Where the results go (see Returns).
+    encoding_key, execution, mod
         As in :func:`scgeneformer.tl.embed`.
     copy
         Return a copy with the results instead of writing into ``data``.
+
+    Returns
+    -------
+    ``None``, or the copy when ``copy=True``. Written keys:
+
+    ``.var[f"{key_added}_{class}"]``
+        Each class's probability (NaN for genes in no encoded cell).
+    ``.var[key_added]``
+        The most probable class (categorical, NaN for genes in no encoded cell).
+    ``.var[f"{key_added}_n_cells"]``
+        The number of cells averaged over.
+    ``.uns[key_added]``
+        Parameters and classes.
+
+    Examples
+    --------
+    >>> sgf.tl.classify_genes(adata, model)  # doctest: +SKIP
+    >>> adata.var["geneformer_gene_class"].value_counts()  # doctest: +SKIP
     """
     import pandas as pd
-
-    from ..pp._input_ids import EncodingInfo
 
     if copy:
         data = data.copy()
     adata = resolve_adata(data, mod)
-    info = EncodingInfo(adata, encoding_key)
-    per_token, counts = token_class_probabilities(
-        model,
-        info,
-        np.flatnonzero(info.lengths > 0),
-        token_budget=token_budget,
-        device=device,
-        precision=precision,
-        progress_bar=progress_bar,
-    )
-    classes = list(model.gene_classes)
+    info = model.encoding_info(adata, encoding_key=encoding_key)
+    cells = info.encoded_cells()
+    probabilities = model.predict_genes(adata, cells, soft=True, encoding_key=encoding_key, execution=execution)
+    values = probabilities.to_numpy()
+    classes = list(probabilities.columns)
     token = info.var_token
-    probabilities = np.full((adata.n_vars, len(classes)), np.nan, dtype=np.float32)
     n_cells = np.zeros(adata.n_vars, dtype=np.int64)
+    occurrences = info.token_occurrences(cells)
     in_vocabulary = token >= 0
-    probabilities[in_vocabulary] = per_token[token[in_vocabulary]]
-    n_cells[in_vocabulary] = counts[token[in_vocabulary]]
-    seen = n_cells > 0
+    n_cells[in_vocabulary] = occurrences[token[in_vocabulary]]
     for i, name in enumerate(classes):
-        adata.var[f"{key_added}_{name}"] = probabilities[:, i]
+        adata.var[f"{key_added}_{name}"] = values[:, i]
+    seen = ~np.isnan(values).any(1)
     codes = np.full(adata.n_vars, -1)
-    codes[seen] = probabilities[seen].argmax(1)
+    codes[seen] = values[seen].argmax(1)
     adata.var[key_added] = pd.Categorical.from_codes(codes, categories=classes)
     adata.var[f"{key_added}_n_cells"] = n_cells
     adata.uns[key_added] = {
@@ -156,12 +105,11 @@ def gene_classification_cv(
     seed: int = 0,
     key_added: str = "geneformer_gene_cv",
     encoding_key: str = "geneformer",
-    token_budget: int | None = None,
-    device: str | None = None,
-    precision: str = "auto",
+    execution: Execution | Mapping | None = None,
     mod: str = "rna",
+    inplace: bool = True,
     **train_kwargs,
-) -> pd.DataFrame:
+) -> pd.DataFrame | None:
     """Cross-validate gene classification: k folds over the labelled genes, a fine-tuned copy of the model per fold.
 
     The labelled genes that occur in encoded cells are split into ``n_folds`` folds stratified by class
@@ -173,7 +121,8 @@ def gene_classification_cv(
     Parameters
     ----------
     data
-        Encoded AnnData (or MuData); it need not be registered with the model.
+        Encoded AnnData (or MuData). Data not yet registered with
+        :meth:`~scgeneformer.GeneformerModel.setup_anndata` are registered with its defaults.
     model
         The model to fine-tune in each fold.
     gene_labels
@@ -184,29 +133,32 @@ def gene_classification_cv(
     seed
         Seed of the folds and of each fold's training.
     key_added
-        The table is also stored in ``.uns[key_added]``.
-    encoding_key, token_budget, device, precision, mod
-        As in :func:`scgeneformer.tl.embed` (``token_budget``, ``device`` and ``precision`` for the predictions).
+        Key of the table in ``.uns``.
+    encoding_key, execution, mod
+        As in :func:`scgeneformer.tl.embed` (``execution`` for training and predictions).
+    inplace
+        Store the table in ``.uns[key_added]`` and return ``None``; with ``inplace=False`` return it.
     **train_kwargs
-        Arguments of :meth:`~scgeneformer.GeneformerModel.train_gene_classifier`, e.g. ``max_epochs``, ``lr``,
-        ``freeze_layers``, ``accelerator`` or ``enable_progress_bar``.
+        Arguments of :meth:`~scgeneformer.GeneformerModel.train_gene_classifier`, e.g. ``max_epochs``,
+        ``freeze_layers``, ``plan_kwargs`` or ``enable_progress_bar``.
 
     Returns
     -------
-    One row per fold: ``fold``, ``n_train_genes``, ``n_test_genes``, ``roc_auc`` (of the second class's probability
-    for two classes, one-vs-rest macro average for more), ``macro_f1`` and ``accuracy`` of the held-out genes.
+    With ``inplace=False``, one row per fold: ``fold``, ``n_train_genes``, ``n_test_genes``, ``roc_auc`` (of the
+    second class's probability for two classes, one-vs-rest macro average for more), ``macro_f1`` and ``accuracy`` of
+    the held-out genes.
+
+    Examples
+    --------
+    >>> table = sgf.tl.gene_classification_cv(adata, model, "dosage_class", n_folds=5, inplace=False)  # doctest: +SKIP
     """
     import pandas as pd
     from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
     from sklearn.model_selection import StratifiedKFold
 
-    from ..model._gene_classifier import cells_with_tokens, resolve_gene_labels
-    from ..pp._input_ids import EncodingInfo
-
     adata = resolve_adata(data, mod)
-    info = EncodingInfo(adata, encoding_key)
-    model.check_encoding(info)
-    labels = resolve_gene_labels(info, gene_labels)
+    info = model.encoding_info(adata, encoding_key=encoding_key)
+    labels = GeneLabels.resolve(info, gene_labels)
     per_class = np.bincount(labels.codes, minlength=len(labels.classes))
     if n_folds < 2:
         msg = f"n_folds must be at least 2, got {n_folds}."
@@ -217,22 +169,16 @@ def gene_classification_cv(
         raise ValueError(msg)
     folds = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     class_codes = np.arange(len(labels.classes))
+    quiet = Execution.coerce(execution).replace(progress_bar=False)
     rows = []
     for fold, (train, test) in enumerate(folds.split(labels.tokens, labels.codes)):
-        fold_model = model._detached_copy()
-        fold_model._fit_gene_classifier(info, labels, train, seed=seed, **train_kwargs)
-        test_tokens = labels.tokens[test]
-        per_token, _ = token_class_probabilities(
-            fold_model,
-            info,
-            cells_with_tokens(info, test_tokens),
-            token_budget=token_budget,
-            device=device,
-            precision=precision,
-            progress_bar=False,
-        )
-        probabilities = per_token[test_tokens].astype(np.float64)
-        true, predicted = labels.codes[test], probabilities.argmax(1)
+        fold_model = model.copy(adata, encoding_key=encoding_key)
+        fold_model.train_gene_classifier(labels.subset(train), seed=seed, execution=execution, **train_kwargs)
+        test_labels = labels.subset(test)
+        cells = info.cells_holding(test_labels.tokens)
+        per_var = fold_model.predict_genes(adata, cells, soft=True, encoding_key=encoding_key, execution=quiet)
+        probabilities = per_var.to_numpy()[test_labels.var].astype(np.float64)
+        true, predicted = test_labels.codes, probabilities.argmax(1)
         if len(np.unique(true)) < 2:
             auc = float("nan")
         elif len(class_codes) == 2:
@@ -252,5 +198,7 @@ def gene_classification_cv(
         )
         del fold_model
     table = pd.DataFrame(rows)
+    if not inplace:
+        return table
     adata.uns[key_added] = table
-    return table
+    return None

@@ -3,25 +3,26 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from .._data import resolve_adata
+from .._data import cell_mask, resolve_adata
+from .._execution import Execution
 from .._settings import logger
 from . import _perturb_ops as ops
+from ._perturb_spec import GoalStates, Perturbation, PerturbationSpec
 
 if TYPE_CHECKING:
     import pandas as pd
     from anndata import AnnData
     from mudata import MuData
 
+    from .._encoding import EncodingInfo
     from ..model import GeneformerModel
-    from ..pp._input_ids import EncodingInfo
     from ..vocabulary import Vocabulary
 
-Perturbation = Literal["delete", "overexpress", "inhibit", "activate"]
 SEQUENCE_BLOCK = 512  # cells whose token sequences are read from the rank layer at once
 
 
@@ -36,12 +37,9 @@ def perturb(
     pooling: Literal["mean", "cls"] | None = None,
     cell_cosine: Literal["pooled", "gene_mean"] = "pooled",
     gene_shifts: bool = False,
-    state_key: str | None = None,
-    start_state: str | None = None,
-    goal_state: str | None = None,
-    alt_states: Sequence[str] = (),
-    state_embeddings: pd.DataFrame | dict | None = None,
-    cells: np.ndarray | str | Sequence[str] | dict | None = None,
+    states: GoalStates | Mapping | None = None,
+    state_embeddings: pd.DataFrame | Mapping | None = None,
+    cells: np.ndarray | str | Sequence[str] | Mapping | None = None,
     max_cells: int | None = None,
     random_state: int = 42,
     layer: int = -1,
@@ -49,17 +47,15 @@ def perturb(
     key_added: str = "geneformer_perturb",
     encoding_key: str = "geneformer",
     reference_quirks: bool = False,
-    token_budget: int | None = None,
-    device: str | None = None,
-    precision: str = "auto",
-    progress_bar: bool = True,
+    execution: Execution | Mapping | None = None,
     mod: str = "rna",
     inplace: bool = True,
-) -> dict[str, pd.DataFrame]:
+) -> dict[str, pd.DataFrame] | None:
     """In silico perturbation of genes: how far each cell (and each of its other genes) moves.
 
     Every selected cell runs once unperturbed and once per perturbation; perturbed sequences of many cells are
-    batched together by length (see :func:`scgeneformer.tl.embed` for the engine).
+    batched together by length (see :func:`scgeneformer.tl.embed` for the engine). Every argument is checked before
+    any forward pass.
 
     Parameters
     ----------
@@ -98,14 +94,17 @@ def perturb(
         Also report, for every perturbation, each remaining gene's cosine between its perturbed and original
         embeddings (rows with ``affected`` = the gene). Tables get large: about (genes per cell)² rows per cell
         with ``genes="all"``.
-    state_key, start_state, goal_state, alt_states
-        Goal-state mode: only cells with ``obs[state_key] == start_state`` are perturbed, and for every state
-        (start, goal, alternatives) the shift ``cos(perturbed, state) - cos(original, state)`` is reported
-        (positive: toward the state).
+    states
+        Goal-state mode (in silico treatment): a :class:`~scgeneformer.tl.GoalStates` or a dict like the reference's
+        ``cell_states_to_model``, ``{"state_key": ..., "start_state": ..., "goal_state": ..., "alt_states": [...]}``.
+        Only cells with ``obs[state_key] == start_state`` are perturbed, and for every state (start, goal,
+        alternatives) the shift ``cos(perturbed, state) - cos(original, state)`` is reported (positive: toward
+        the state).
     state_embeddings
         Embedding of each state (a DataFrame indexed by state, as returned by
-        :func:`scgeneformer.tl.state_embeddings`, or a mapping state → vector). Default: the exact mean embedding
-        of all encoded cells of each state, computed here with the same ``layer`` and ``pooling``.
+        :func:`scgeneformer.tl.state_embeddings` with ``inplace=False``, or a mapping state → vector). Default: the
+        exact mean embedding of all encoded cells of each state, computed here with the same ``layer`` and
+        ``pooling``.
     cells
         Which cells to perturb: a boolean mask, the name of a boolean ``.obs`` column, a list of obs names, or a
         mapping ``{obs column: allowed values}`` (the reference's ``filter_data``).
@@ -121,7 +120,7 @@ def perturb(
         Dictionaries to name genes (a :class:`~scgeneformer.Vocabulary`, ``"V1"``/``"V2"`` or a folder); default:
         the model's published vocabulary.
     key_added
-        Results go to ``.uns[key_added]``: ``{"cells": ..., "genes": ..., "params": ...}``.
+        Key of the results in ``.uns``.
     encoding_key
         The ``key_added`` of :func:`~scgeneformer.pp.rank_encode`.
     reference_quirks
@@ -130,14 +129,18 @@ def perturb(
         next gene, and the last gene's value is dropped); and with a gene list, the overflow of the insertion is
         over-counted by the number of inserted genes, so a cell one gene short of the input size loses a gene of
         its original that the perturbed cell keeps (that gene is compared with a zero vector, cosine 0).
-    token_budget, device, precision, progress_bar, mod
-        As in :func:`~scgeneformer.tl.embed`.
+    execution
+        How to run (:class:`~scgeneformer.Execution`): device, precision, batch size, progress bar.
+    mod
+        Modality used when ``data`` is a MuData.
     inplace
-        Write the results into ``.uns[key_added]``; they are returned either way.
+        Store the results in ``.uns[key_added]`` and return ``None``; with ``inplace=False`` return them and leave
+        ``data`` unchanged (e.g. for read-only backed data).
 
     Returns
     -------
-    ``{"cells": DataFrame, "genes": DataFrame}``.
+    With ``inplace=False``, ``{"cells": DataFrame, "genes": DataFrame, "params": dict}``; else the same is stored in
+    ``.uns[key_added]``.
 
     ``cells``: one row per (cell, perturbation) with ``affected == "cell"`` and, with ``gene_shifts``, one row per
     (cell, perturbation, remaining gene). Columns: ``cell`` (obs name), ``perturbed`` (symbols, ``+``-joined for a
@@ -148,23 +151,26 @@ def perturb(
     ``genes``: one row per perturbation (gene or set) over its cells: ``perturbed``, ``perturbed_id``,
     ``perturbed_token``, ``n_cells``, ``cosine_mean`` and ``shift_<state>_mean``; sorted by the shift toward the
     goal state (largest first), or by ``cosine_mean`` (strongest effect first).
+
+    ``params``: the run's parameters (genes, perturbation, pooling, layer, cells, model, states …).
+
+    Examples
+    --------
+    >>> sgf.tl.perturb(adata, model, "all", max_cells=100)  # delete every gene of 100 cells  # doctest: +SKIP
+    >>> adata.uns["geneformer_perturb"]["genes"].head()  # doctest: +SKIP
+    >>> treatment = {"state_key": "condition", "start_state": "stim", "goal_state": "ctrl"}
+    >>> sgf.tl.perturb(adata, model, "all", states=treatment)  # doctest: +SKIP
     """
     import torch
 
-    from .._engine import inference, resolve_device, resolve_token_budget
-    from ..pp._input_ids import EncodingInfo
-    from ._embed import hidden_state_index
+    from .._engine import inference
     from ._perturb_engine import EngineSpec, run_perturbations
 
     start_time = time.perf_counter()
     adata = resolve_adata(data, mod)
-    info = EncodingInfo(adata, encoding_key)
-    model.check_encoding(info)
+    info = model.encoding_info(adata, encoding_key=encoding_key)
     vocab = _resolve_vocabulary(vocabulary, model)
-    special = info.n_special > 0
-    if perturbation not in ops.PERTURBATIONS:
-        msg = f"perturbation must be one of {ops.PERTURBATIONS}, got {perturbation!r}."
-        raise ValueError(msg)
+    special = info.has_special_tokens
     if cell_cosine not in ("pooled", "gene_mean"):
         msg = f"cell_cosine must be 'pooled' or 'gene_mean', got {cell_cosine!r}."
         raise ValueError(msg)
@@ -172,50 +178,45 @@ def perturb(
     if pooling not in ("mean", "cls") or (pooling == "cls" and not special):
         msg = f"pooling must be 'mean' or (V2 models only) 'cls', got {pooling!r}."
         raise ValueError(msg)
-    n_run = hidden_state_index(layer, model.module.n_layers)
+    n_run = model.hidden_state_index(layer)
     tokens = _resolve_genes(genes, adata, info, vocab)
-    anchor = None
-    if anchor_gene is not None:
-        if tokens is not None:
-            msg = "anchor_gene pairs the anchor with every gene of a cell: use it with genes='all'."
-            raise ValueError(msg)
-        (anchor,) = _resolve_genes([anchor_gene], adata, info, vocab)
-    states = _resolve_states(adata, info, state_key, start_state, goal_state, alt_states)
+    anchor = None if anchor_gene is None else _resolve_genes([anchor_gene], adata, info, vocab)[0]
+    spec = PerturbationSpec(perturbation, tokens, anchor, rank_shift, reference_quirks)
+    goal = GoalStates.coerce(states)
+    if goal is not None:
+        _check_states(adata, info, goal)
+    execution = Execution.coerce(execution)
 
-    selected = _select_cells(adata, info, cells, states, tokens, anchor, perturbation, max_cells, random_state)
+    selected = _select_cells(adata, info, cells, goal, spec, max_cells, random_state)
     state_matrix = None
-    if states is not None:
-        state_matrix = _state_matrix(
-            adata, model, states, state_embeddings, layer, pooling, encoding_key, token_budget, device, precision
-        )
+    if goal is not None:
+        state_matrix = _state_matrix(adata, model, goal, state_embeddings, layer, pooling, encoding_key, execution)
 
     max_len = model.module.config.max_position_embeddings
-    n_perturbations = _count_perturbations(info.lengths[selected], tokens, anchor, perturbation, special)
-    jobs = _iter_jobs(info, selected, tokens, anchor, perturbation, rank_shift, max_len, special, reference_quirks)
-    torch_device = resolve_device(device)
-    spec = EngineSpec(
+    n_perturbations = spec.count(info.lengths[selected], special)
+    jobs = _iter_jobs(info, selected, spec, max_len)
+    device = execution.device
+    engine = EngineSpec(
         n_run=n_run,
         pooling=pooling,
         cell_cosine=cell_cosine,
         states=None if state_matrix is None else torch.as_tensor(state_matrix),
         gene_shifts=gene_shifts,
-        token_budget=resolve_token_budget(token_budget, torch_device),
+        token_budget=execution.token_budget_for(device.type),
     )
     from tqdm.auto import tqdm
 
     labels: list[list[tuple[int, ...]]] = []
     with (
-        tqdm(total=n_perturbations, desc="perturbations", unit="seq", disable=not progress_bar) as bar,
-        inference(model.module, torch_device, precision) as module,
+        tqdm(total=n_perturbations, desc="perturbations", unit="seq", disable=not execution.show_progress) as bar,
+        inference(model.module, device, execution) as module,
     ):
-        results = list(run_perturbations(module, _recording(jobs, labels), spec, progress=bar))
+        results = list(run_perturbations(module, _recording(jobs, labels), engine, progress=bar))
 
     quirk_labels = reference_quirks and tokens is None and perturbation == "overexpress"
-    state_names = [] if states is None else states["names"]
+    state_names = [] if goal is None else goal.names
     tables = _tables(adata, selected, labels, results, vocab, state_names, shift_labels=quirk_labels)
-    params = {
-        "genes": "all" if tokens is None else [int(t) for t in tokens],
-        "perturbation": perturbation,
+    params = spec.to_params() | {
         "pooling": pooling,
         "cell_cosine": cell_cosine if pooling == "mean" else "cls",
         "layer": layer,
@@ -224,26 +225,17 @@ def perturb(
         "n_perturbations": n_perturbations,
         "model": model.checkpoint or "untrained",
         "vocabulary": model.vocabulary_version,
-        "reference_quirks": reference_quirks,
     }
-    if anchor is not None:
-        params["anchor_token"] = int(anchor)
-    if perturbation in ("inhibit", "activate"):
-        params["rank_shift"] = rank_shift
-    if states is not None:
-        params["states"] = {
-            "state_key": states["key"],
-            "start_state": states["start"],
-            "goal_state": states["goal"],
-            "alt_states": list(states["alt"]),
-        }
+    if goal is not None:
+        params["states"] = goal.to_params()
     elapsed = time.perf_counter() - start_time
     params["seconds"] = round(elapsed, 3)
     tables["params"] = params
-    if inplace:
-        adata.uns[key_added] = tables
     logger.info("perturb: %d perturbations of %d cells in %.1f s", n_perturbations, len(selected), elapsed)
-    return tables
+    if not inplace:
+        return tables
+    adata.uns[key_added] = tables
+    return None
 
 
 # -- validation ---------------------------------------------------------------------------------------------------
@@ -293,51 +285,39 @@ def _resolve_genes(genes, adata: AnnData, info: EncodingInfo, vocab: Vocabulary)
     return tuple(tokens)
 
 
-def _resolve_states(adata, info, state_key, start_state, goal_state, alt_states) -> dict | None:
-    given = [state_key is not None, start_state is not None, goal_state is not None]
-    if not any(given) and not alt_states:
-        return None
-    if not all(given):
-        msg = "Goal-state mode needs state_key, start_state and goal_state together."
-        raise ValueError(msg)
-    if state_key not in adata.obs.columns:
-        msg = f"state_key {state_key!r} is not an .obs column; available: {list(adata.obs.columns)}."
+def _check_states(adata, info, goal: GoalStates) -> None:
+    if goal.state_key not in adata.obs.columns:
+        msg = f"state_key {goal.state_key!r} is not an .obs column; available: {list(adata.obs.columns)}."
         raise KeyError(msg)
-    alt_states = [alt_states] if isinstance(alt_states, str) else list(alt_states)
-    names = [start_state, goal_state, *alt_states]
-    if len(set(names)) != len(names):
-        msg = f"start, goal and alternative states must all differ, got {names}."
-        raise ValueError(msg)
-    values = adata.obs[state_key].astype(object).to_numpy()
+    values = adata.obs[goal.state_key].astype(object).to_numpy()
     encoded = info.lengths > 0
-    missing = [s for s in names if not (encoded & (values == s)).any()]
+    missing = [s for s in goal.names if not (encoded & (values == s)).any()]
     if missing:
-        msg = f"No encoded cells have {state_key} in {missing}; values present: {sorted(map(str, set(values)))[:20]}."
+        msg = (
+            f"No encoded cells have {goal.state_key} in {missing}; values present: "
+            f"{sorted(map(str, set(values)))[:20]}."
+        )
         raise ValueError(msg)
-    return {"key": state_key, "start": start_state, "goal": goal_state, "alt": alt_states, "names": names}
 
 
-def _state_matrix(adata, model, states, given, layer, pooling, encoding_key, token_budget, device, precision):
+def _state_matrix(adata, model, goal: GoalStates, given, layer, pooling, encoding_key, execution) -> np.ndarray:
     """Embeddings of the states, in the order start, goal, alternatives."""
     import pandas as pd
 
     from ._embed import state_embeddings
 
-    names = states["names"]
+    names = goal.names
     if given is None:
         given = state_embeddings(
             adata,
             model,
-            states["key"],
+            goal.state_key,
             groups=names,
             layer=layer,
             pooling=pooling,
-            key_added=f"{states['key']}_geneformer_states",
             encoding_key=encoding_key,
-            token_budget=token_budget,
-            device=device,
-            precision=precision,
-            progress_bar=False,
+            execution=execution.replace(progress_bar=False),
+            inplace=False,
         )
     if isinstance(given, pd.DataFrame):
         given = {index: row.to_numpy() for index, row in given.iterrows()}
@@ -353,20 +333,16 @@ def _state_matrix(adata, model, states, given, layer, pooling, encoding_key, tok
     return matrix
 
 
-def _select_cells(adata, info, cells, states, tokens, anchor, perturbation, max_cells, random_state) -> np.ndarray:
+def _select_cells(adata, info, cells, goal: GoalStates | None, spec: PerturbationSpec, max_cells, random_state):
     """Positions of the cells to perturb, longest first (ties in data order), as the reference processes them."""
     mask = info.lengths > 0
     if cells is not None:
-        mask &= _cells_mask(adata, cells)
-    if states is not None:
-        mask &= adata.obs[states["key"]].astype(object).to_numpy() == states["start"]
-    required = []
-    if tokens is not None and perturbation != "overexpress":
-        required = list(tokens)
-    if anchor is not None:
-        required = [anchor]
-    for token in required:
-        mask &= _expresses(info, token)
+        mask &= cell_mask(adata, cells)
+    if goal is not None:
+        mask &= adata.obs[goal.state_key].astype(object).to_numpy() == goal.start_state
+    required = spec.required_tokens()
+    if required:
+        mask &= info.cells_holding(required, every=True)
     if not mask.any():
         need = "" if not required else f" expressing all of the tokens {required}"
         msg = f"No encoded cells{need} are left after the cell filters."
@@ -378,114 +354,49 @@ def _select_cells(adata, info, cells, states, tokens, anchor, perturbation, max_
     return selected[np.argsort(-info.lengths[selected], kind="stable")]
 
 
-def _expresses(info: EncodingInfo, token: int, block: int = 20_000) -> np.ndarray:
-    """Which cells hold ``token`` in their encoding; the rank layer is read in row blocks (it may be on disk)."""
-    import scipy.sparse as sp
-
-    out = np.zeros(len(info.lengths), dtype=bool)
-    columns = np.flatnonzero(info.var_token == token)
-    if len(columns) == 0:
-        return out
-    for start in range(0, len(out), block):
-        rows = info.ranks[start : start + block]
-        rows = rows if sp.issparse(rows) else sp.csr_matrix(rows)
-        out[start : start + rows.shape[0]] = np.asarray((rows[:, columns] != 0).sum(axis=1)).ravel() > 0
-    return out
-
-
-def _cells_mask(adata, cells) -> np.ndarray:
-    if isinstance(cells, dict):  # {obs column: allowed values}, like the reference's filter_data
-        mask = np.ones(adata.n_obs, dtype=bool)
-        for column, allowed in cells.items():
-            if column not in adata.obs.columns:
-                msg = f"cells filter column {column!r} is not an .obs column."
-                raise KeyError(msg)
-            allowed = [allowed] if isinstance(allowed, str) or not np.iterable(allowed) else list(allowed)
-            mask &= adata.obs[column].isin(allowed).to_numpy()
-        return mask
-    if isinstance(cells, str):
-        if cells not in adata.obs.columns:
-            msg = f"cells {cells!r} is not an .obs column."
-            raise KeyError(msg)
-        return adata.obs[cells].to_numpy().astype(bool)
-    values = np.asarray(cells)
-    if values.dtype == bool:
-        if values.shape != (adata.n_obs,):
-            msg = f"A boolean cells mask needs one value per cell ({adata.n_obs}), got shape {values.shape}."
-            raise ValueError(msg)
-        return values
-    names = adata.obs_names.get_indexer(values.astype(str))
-    if (names < 0).any():
-        msg = f"Unknown cells: {list(values[names < 0][:10])}."
-        raise KeyError(msg)
-    mask = np.zeros(adata.n_obs, dtype=bool)
-    mask[names] = True
-    return mask
-
-
 # -- perturbations ------------------------------------------------------------------------------------------------
-def _count_perturbations(lengths, tokens, anchor, perturbation, special) -> int:
-    if tokens is not None:
-        return len(lengths)
-    genes = lengths - (2 if special else 0)
-    if anchor is not None or perturbation == "overexpress":
-        genes = genes - 1
-    return int(np.maximum(genes, 0).sum())
-
-
-def _rank_shift(rank_shift, n_genes: int) -> int:
-    if isinstance(rank_shift, float) and 0 < rank_shift < 1:
-        return max(1, int(n_genes * rank_shift))
-    if int(rank_shift) != rank_shift or rank_shift < 1:
-        msg = f"rank_shift must be a positive integer or a fraction in (0, 1), got {rank_shift!r}."
-        raise ValueError(msg)
-    return int(rank_shift)
-
-
-def _iter_jobs(info, selected, tokens, anchor, perturbation, rank_shift, max_len, special, quirks) -> Iterator:
-    from ..pp._input_ids import sequences_for
-
+def _iter_jobs(info: EncodingInfo, selected: np.ndarray, spec: PerturbationSpec, max_len: int) -> Iterator:
     for start in range(0, len(selected), SEQUENCE_BLOCK):
         block = selected[start : start + SEQUENCE_BLOCK]
-        for cell, ids in zip(block, sequences_for(info, block), strict=True):
-            ids = ids.astype(np.int64)
-            yield _cell_job(int(cell), ids, tokens, anchor, perturbation, rank_shift, max_len, special, quirks)
+        for cell, ids in zip(block, info.sequences(block), strict=True):
+            yield _cell_job(int(cell), ids.astype(np.int64), spec, max_len, info.has_special_tokens)
 
 
-def _cell_job(cell, ids, tokens, anchor, perturbation, rank_shift, max_len, special, quirks) -> ops.CellJob:
+def _cell_job(cell: int, ids: np.ndarray, spec: PerturbationSpec, max_len: int, special: bool) -> ops.CellJob:
     genes = np.arange(len(ids))[ops.gene_slice(len(ids), special)]
-    shift = _rank_shift(rank_shift, len(genes)) if perturbation in ("inhibit", "activate") else 0
-    shift = -shift if perturbation == "activate" else shift
+    shift = spec.ranks_moved(len(genes)) if spec.moves_by_ranks else 0
 
     def edit(positions):
-        if perturbation == "delete":
+        if spec.perturbation == "delete":
             return ops.delete(ids, positions, special)
-        if perturbation == "overexpress":
+        if spec.perturbation == "overexpress":
             return ops.move_to_front(ids, positions, special)
         return ops.move_by(ids, positions, shift, special)
 
-    if tokens is not None:
-        if perturbation == "overexpress":
-            original, perturbed, sources = ops.overexpress_set(ids, tokens, max_len, special, reference_quirks=quirks)
+    if spec.tokens is not None:
+        if spec.perturbation == "overexpress":
+            original, perturbed, sources = ops.overexpress_set(
+                ids, spec.tokens, max_len, special, reference_quirks=spec.reference_quirks
+            )
             job = ops.CellJob(cell, original)
-            job.add(perturbed, sources, tokens)
+            job.add(perturbed, sources, spec.tokens)
             return job
         job = ops.CellJob(cell, ids)
-        positions = [int(np.flatnonzero(ids == t)[0]) for t in tokens]
-        job.add(*edit(positions), tokens)
+        positions = [int(np.flatnonzero(ids == t)[0]) for t in spec.tokens]
+        job.add(*edit(positions), spec.tokens)
         return job
     job = ops.CellJob(cell, ids)
-    if anchor is not None:
-        anchor_position = int(np.flatnonzero(ids == anchor)[0])
+    if spec.anchor is not None:
+        anchor_position = int(np.flatnonzero(ids == spec.anchor)[0])
         for position in genes:
             if position != anchor_position:
                 job.add(*edit([anchor_position, int(position)]), (int(ids[position]),))
         return job
-    if perturbation == "overexpress":
+    if spec.perturbation == "overexpress":
         genes = genes[1:]  # the top-ranked gene is already at the top
     for position in genes:
         job.add(*edit([int(position)]), (int(ids[position]),))
-    if perturbation == "delete":
+    if spec.perturbation == "delete":
         job.deleted = [int(p) for p in genes]
     return job
 

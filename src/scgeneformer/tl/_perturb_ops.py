@@ -20,8 +20,6 @@ NOT_COMPARED = -1
 #: counterpart was cut off by its over-truncation (``reference_quirks=True`` only).
 ZERO = -2
 
-PERTURBATIONS = ("delete", "overexpress", "inhibit", "activate")
-
 
 @dataclass
 class CellJob:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from .._data import resolve_adata
+from ._perturb_spec import GoalStates, genes_param_is_all
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -35,14 +36,15 @@ def perturbation_stats(
     alpha: float = 0.05,
     reference_quirks: bool = False,
     mod: str = "rna",
-) -> pd.DataFrame:
+    inplace: bool = True,
+) -> pd.DataFrame | None:
     """Which perturbations matter: tests and summaries of :func:`~scgeneformer.tl.perturb` results.
 
     Parameters
     ----------
     data
-        The AnnData (or MuData) holding the results in ``.uns[key]``, or the dict :func:`~scgeneformer.tl.perturb`
-        returned. For AnnData the table is also stored as ``.uns[key][f"stats_{mode}"]``.
+        The AnnData (or MuData) holding the results in ``.uns[key]``, or the dict of results
+        (``perturb(..., inplace=False)``).
     mode
         - ``"goal_state_shift"`` (goal-state mode): per gene, the mean shift toward the goal (and alternative)
           states; with ``genes="all"``, a two-sided Wilcoxon rank-sum test of the gene's shifts against the pooled
@@ -70,26 +72,35 @@ def perturbation_stats(
         instead of the one with the lower mean (they agree whenever the first component has the lower mean).
     mod
         Modality used when ``data`` is a MuData.
+    inplace
+        With an AnnData: store the table in ``.uns[key][f"stats_{mode}"]`` and return ``None``; with
+        ``inplace=False`` (or a dict of results), return it.
 
     Returns
     -------
-    A DataFrame. Columns use the perturbation table's names (``perturbed``, ``perturbed_id``, ``perturbed_token``,
+    With ``inplace=False`` or a dict of results: a DataFrame. Columns use the perturbation table's names (``perturbed``, ``perturbed_id``, ``perturbed_token``,
     ``affected``…); the reference's ``Shift_to_goal_end``, ``Goal_end_vs_random_pval``, ``Goal_end_FDR``,
     ``N_Detections`` and ``Sig`` are ``shift_to_goal``, ``pval_goal``, ``fdr_goal``, ``n_detections`` and
     ``significant`` (alternative states: ``shift_to_<state>``, ``pval_<state>``, ``fdr_<state>``);
     ``Test_avg_shift`` is ``cosine_mean`` (mixture model) or ``test_mean`` (vs null).
+
+    Examples
+    --------
+    >>> sgf.tl.perturb(adata, model, "all", states={"state_key": "condition", "start_state": "stim", "goal_state": "ctrl"})  # doctest: +SKIP
+    >>> stats = sgf.tl.perturbation_stats(adata, "goal_state_shift", inplace=False)  # doctest: +SKIP
+    >>> stats[stats["significant"] == 1].head()  # doctest: +SKIP
     """
     if mode not in MODES:
         msg = f"mode must be one of {MODES}, got {mode!r}."
         raise ValueError(msg)
     results, adata = perturbation_results(data, key, mod)
     table, params = results["cells"], dict(results.get("params", {}))
-    genes_all = params.get("genes", "all") == "all"
-    states = params.get("states")
+    genes_all = genes_param_is_all(params)
+    states = GoalStates.from_params(params.get("states"))
     cell_rows = table[table["affected"] == "cell"]
     if mode == "goal_state_shift":
-        if not states:
-            msg = "goal_state_shift needs results of a goal-state run (perturb with state_key/start_state/goal_state)."
+        if states is None:
+            msg = "goal_state_shift needs results of a goal-state run (perturb with states=...)."
             raise ValueError(msg)
         out = goal_state_shift(cell_rows, states, genes_all=genes_all, alpha=alpha)
     elif mode == "vs_null":
@@ -97,7 +108,7 @@ def perturbation_stats(
             msg = "vs_null needs the results of a null run: pass null=."
             raise ValueError(msg)
         null_results, _ = perturbation_results(null, key, mod)
-        column = value or (f"shift_{states['goal_state']}" if states else "cosine")
+        column = value or (f"shift_{states.goal_state}" if states is not None else "cosine")
         null_cells = null_results["cells"]
         out = vs_null(cell_rows, null_cells[null_cells["affected"] == "cell"], column, alpha=alpha)
     elif mode == "mixture_model":
@@ -110,9 +121,10 @@ def perturbation_stats(
         out = cell_rows[columns].reset_index(drop=True)
     else:
         out = aggregate_gene_shifts(table)
-    if adata is not None:
-        adata.uns[key][f"stats_{mode}"] = out
-    return out
+    if adata is None or not inplace:
+        return out
+    adata.uns[key][f"stats_{mode}"] = out
+    return None
 
 
 def perturbation_results(data, key: str = "geneformer_perturb", mod: str = "rna") -> tuple[dict, AnnData | None]:
@@ -166,13 +178,15 @@ def _fdr(pvalues) -> np.ndarray:
     return false_discovery_control(pvalues, method="bh") if len(pvalues) else pvalues
 
 
-def goal_state_shift(cell_rows: pd.DataFrame, states: dict, *, genes_all: bool, alpha: float = 0.05) -> pd.DataFrame:
+def goal_state_shift(
+    cell_rows: pd.DataFrame, states: GoalStates, *, genes_all: bool, alpha: float = 0.05
+) -> pd.DataFrame:
     """Mean shift toward the goal and alternative states per gene; rank-sum test against all genes' shifts."""
     import random
 
     from scipy.stats import ranksums
 
-    goal, alts = states["goal_state"], list(states.get("alt_states") or [])
+    goal, alts = states.goal_state, list(states.alt_states)
     genes, goal_values = _by_gene(cell_rows, f"shift_{goal}")
     alt_values = {alt: _by_gene(cell_rows, f"shift_{alt}")[1] for alt in alts}
     genes["shift_to_goal"] = [v.mean() for v in goal_values]
@@ -184,8 +198,8 @@ def goal_state_shift(cell_rows: pd.DataFrame, states: dict, *, genes_all: bool, 
     def pooled_sample(per_gene: list[np.ndarray]) -> list[float]:
         pooled = np.concatenate(per_gene).tolist()
         if len(pooled) > RANDOM_SAMPLE:
-            random.seed(42)
-            pooled = random.sample(pooled, k=RANDOM_SAMPLE)
+            # the reference seeds Python's global RNG with 42; a private generator gives the same draw
+            pooled = random.Random(42).sample(pooled, k=RANDOM_SAMPLE)
         return pooled
 
     random_goal = pooled_sample(goal_values)

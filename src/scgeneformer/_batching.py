@@ -1,0 +1,172 @@
+"""Batches of token sequences: grouped by length under a token budget and padded only to their longest cell.
+
+Shared by inference in this process (:func:`iter_batches`) and every Lightning run, training or inference
+(:class:`LengthGroupedBatchSampler`, which also splits batches across processes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+if TYPE_CHECKING:
+    from ._encoding import EncodingInfo
+
+#: Cells per "megabatch" of a shuffled sampler: cells are shuffled, then sorted by length within megabatches, so
+#: batches hold cells of similar length (little padding) while the order stays random.
+MEGABATCH_CELLS = 512
+
+
+def plan_batches(lengths: np.ndarray, *, token_budget: int, max_cells: int | None = None) -> list[np.ndarray]:
+    """Split positions ``0..len(lengths)-1`` into batches, longest cells first.
+
+    Each batch holds cells of similar length whose padded size (cells × the batch's longest length) stays within
+    ``token_budget``; a single cell longer than the budget forms its own batch.
+    """
+    order = np.argsort(-np.asarray(lengths), kind="stable")
+    batches, start = [], 0
+    while start < len(order):
+        longest = max(int(lengths[order[start]]), 1)
+        size = max(1, token_budget // longest)
+        if max_cells is not None:
+            size = min(size, max_cells)
+        batches.append(order[start : start + size])
+        start += size
+    return batches
+
+
+def pad_sequences(sequences: list[np.ndarray], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad token sequences to the longest one; returns ``(input_ids, attention_mask)`` as int64 tensors."""
+    longest = max(len(s) for s in sequences)
+    input_ids = np.full((len(sequences), longest), pad_id, dtype=np.int64)
+    for row, sequence in enumerate(sequences):
+        input_ids[row, : len(sequence)] = sequence
+    ids = torch.from_numpy(input_ids)
+    lengths = torch.tensor([len(s) for s in sequences])
+    mask = (torch.arange(longest)[None, :] < lengths[:, None]).long()
+    return ids, mask
+
+
+@dataclass
+class TokenBatch:
+    """One padded batch: which cells (positions in the AnnData), their tokens and attention mask."""
+
+    cells: np.ndarray
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+
+
+def iter_batches(
+    info: EncodingInfo, cells: np.ndarray, *, token_budget: int, max_cells: int | None = None
+) -> Iterator[TokenBatch]:
+    """Padded batches of the encoded ``cells`` (positions in the AnnData), longest first."""
+    lengths = info.lengths[cells]
+    for batch in plan_batches(lengths, token_budget=token_budget, max_cells=max_cells):
+        positions = cells[batch]
+        ids, mask = pad_sequences(info.sequences(positions), info.pad_id)
+        yield TokenBatch(positions, ids, mask)
+
+
+def world() -> tuple[int, int]:
+    """``(world size, rank)`` of the running torch.distributed group, ``(1, 0)`` outside one."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_world_size(), torch.distributed.get_rank()
+    return 1, 0
+
+
+class LengthGroupedBatchSampler(torch.utils.data.Sampler):
+    """Batches of cell positions under a token budget, grouped by length, shuffled per epoch, split across ranks.
+
+    Each process of a distributed run takes every ``world_size``-th batch (with ``even_split``, the same number of
+    batches each, dropping the few left over), so no Lightning sampler injection is needed.
+    """
+
+    def __init__(
+        self,
+        positions: np.ndarray,
+        lengths: np.ndarray,
+        *,
+        token_budget: int,
+        max_cells: int | None = None,
+        shuffle: bool = True,
+        seed: int = 0,
+        even_split: bool = True,
+    ) -> None:
+        self.even_split = even_split
+        self.positions = np.asarray(positions)
+        self.lengths = np.asarray(lengths)
+        self.token_budget = token_budget
+        self.max_cells = max_cells
+        self.shuffle = shuffle
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Reshuffle differently in each epoch (called by Lightning)."""
+        self.epoch = epoch
+
+    def _batches(self) -> list[np.ndarray]:
+        order = np.arange(len(self.positions))
+        if self.shuffle:
+            order = np.random.default_rng(self.seed + self.epoch).permutation(order)
+        batches = []
+        for start in range(0, len(order), MEGABATCH_CELLS):
+            mega = order[start : start + MEGABATCH_CELLS]
+            for batch in plan_batches(self.lengths[mega], token_budget=self.token_budget, max_cells=self.max_cells):
+                batches.append(self.positions[mega[batch]])
+        if self.shuffle:
+            shuffled = np.random.default_rng(self.seed + self.epoch + 1).permutation(len(batches))
+            batches = [batches[i] for i in shuffled]
+        size, rank = world()
+        batches = _at_least(batches, size)
+        # Training needs the same number of steps on every rank; inference must not drop any batch.
+        usable = len(batches) - len(batches) % size if self.even_split and len(batches) >= size else len(batches)
+        return batches[rank:usable:size]
+
+    def __iter__(self):
+        yield from (b.tolist() for b in self._batches())
+
+    def __len__(self) -> int:
+        return len(self._batches())
+
+
+def _at_least(batches: list[np.ndarray], n: int) -> list[np.ndarray]:
+    """Split the largest batches until there are ``n`` (each rank needs one); repeat batches if cells are fewer."""
+    batches = list(batches)
+    while 0 < len(batches) < n and max(len(b) for b in batches) > 1:
+        largest = max(range(len(batches)), key=lambda i: len(batches[i]))
+        batch = batches.pop(largest)
+        batches += [batch[: len(batch) // 2], batch[len(batch) // 2 :]]
+    distinct = len(batches)
+    while 0 < distinct and len(batches) < n:
+        batches.append(batches[len(batches) % distinct])  # cycle through the distinct batches
+    return batches
+
+
+class CellPositions(torch.utils.data.Dataset):
+    """Dataset of cell positions ``0..n-1``: batches are read by the collator, a batch at a time."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> int:
+        return i
+
+
+class SequenceCollator:
+    """Turns a list of cell positions into a padded batch: ``input_ids``, ``attention_mask`` and ``cells``."""
+
+    def __init__(self, info: EncodingInfo) -> None:
+        self.info = info
+
+    def __call__(self, positions: list[int]) -> dict[str, torch.Tensor]:
+        cells = np.asarray(positions)
+        ids, mask = pad_sequences(self.info.sequences(cells), self.info.pad_id)
+        return {"input_ids": ids, "attention_mask": mask, "cells": torch.from_numpy(cells)}

@@ -1,0 +1,223 @@
+"""The encoding contract: what :func:`~scgeneformer.pp.rank_encode` stores in an AnnData and how every layer reads it.
+
+``rank_encode`` writes four keys (see :func:`encoding_keys`); :class:`EncodingInfo` checks them and reads them back:
+the special token ids, each gene's token, each cell's sequence length, and the cells' token sequences, assembled
+from the sparse rank layer (which may stay on disk) a block of rows at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, NamedTuple
+
+import numpy as np
+import scipy.sparse as sp
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+
+#: Rows of the rank layer read at a time when scanning it (backed layers stay on disk).
+ROW_BLOCK = 20_000
+#: Token ids of ``<pad>`` and ``<mask>`` in both published vocabularies, for data encoded before they were stored.
+DEFAULT_PAD_ID = 0
+DEFAULT_MASK_ID = 1
+
+
+class EncodingKeys(NamedTuple):
+    """Where :func:`~scgeneformer.pp.rank_encode` stores an encoding made with ``key_added``."""
+
+    ranks: str
+    token: str
+    n_tokens: str
+    uns: str
+
+
+def encoding_keys(key_added: str = "geneformer") -> EncodingKeys:
+    """Names of the keys :func:`~scgeneformer.pp.rank_encode` writes for ``key_added``.
+
+    Examples
+    --------
+    >>> encoding_keys("geneformer").ranks
+    'geneformer_ranks'
+    """
+    return EncodingKeys(
+        ranks=f"{key_added}_ranks", token=f"{key_added}_token", n_tokens=f"{key_added}_n_tokens", uns=key_added
+    )
+
+
+class EncodingInfo:
+    """A rank-encoded AnnData as the models read it: vocabulary, special tokens, lengths and token sequences.
+
+    Parameters
+    ----------
+    adata
+        AnnData encoded by :func:`~scgeneformer.pp.rank_encode`.
+    key
+        The ``key_added`` used when encoding.
+
+    Attributes
+    ----------
+    adata
+        The AnnData.
+    keys
+        Its :class:`EncodingKeys`.
+    version
+        ``"V1"`` or ``"V2"``.
+    input_size
+        Model input size of the vocabulary (2,048 or 4,096), special tokens included.
+    pad_id, mask_id, cls_id, eos_id
+        Special token ids (``cls_id``/``eos_id`` are -1 in V1).
+    first_gene_id
+        Lowest token id of a gene: ids below it are special tokens.
+    var_token
+        Token of each ``.var`` gene (-1 outside the vocabulary).
+    lengths
+        Sequence length of each cell, special tokens included (0: not encoded).
+
+    Examples
+    --------
+    >>> info = sgf.EncodingInfo(adata)  # doctest: +SKIP
+    >>> info.sequences([0, 1])  # token ids of the first two cells  # doctest: +SKIP
+    """
+
+    def __init__(self, adata: AnnData, key: str = "geneformer") -> None:
+        keys = encoding_keys(key)
+        missing = [
+            f"{where}[{name!r}]"
+            for where, mapping, name in (
+                ("uns", adata.uns, keys.uns),
+                ("layers", adata.layers, keys.ranks),
+                ("var", adata.var, keys.token),
+                ("obs", adata.obs, keys.n_tokens),
+            )
+            if name not in mapping
+        ]
+        if missing:
+            msg = f"The data are not rank-encoded (missing {', '.join(missing)}); run `sgf.pp.rank_encode` first."
+            raise KeyError(msg)
+        self.adata = adata
+        self.key = key
+        self.keys = keys
+        params = adata.uns[keys.uns]["params"]
+        self.params = params
+        self.version: str = str(params["vocabulary"])
+        self.input_size = int(params["input_size"])
+        self.cls_id = int(params["cls_id"])
+        self.eos_id = int(params["eos_id"])
+        self.pad_id = int(params.get("pad_id", DEFAULT_PAD_ID))
+        self.mask_id = int(params.get("mask_id", DEFAULT_MASK_ID))
+        default_first = 1 + max(self.pad_id, self.mask_id, self.cls_id, self.eos_id)
+        self.first_gene_id = int(params.get("first_gene_id", default_first))
+        self.var_token = adata.var[keys.token].to_numpy(dtype=np.int64)
+        self.lengths = adata.obs[keys.n_tokens].to_numpy(dtype=np.int64)
+
+    @property
+    def n_special(self) -> int:
+        """Special tokens wrapping each encoded cell (2 in V2: ``<cls>``, ``<eos>``; 0 in V1)."""
+        return 2 if self.cls_id >= 0 else 0
+
+    @property
+    def has_special_tokens(self) -> bool:
+        """Whether cells are wrapped in ``<cls>`` … ``<eos>`` (V2)."""
+        return self.n_special > 0
+
+    @property
+    def n_cells(self) -> int:
+        """Number of cells (encoded or not)."""
+        return len(self.lengths)
+
+    @property
+    def ranks(self):
+        """The rank layer (in memory or on disk)."""
+        return self.adata.layers[self.keys.ranks]
+
+    def encoded_cells(self) -> np.ndarray:
+        """Positions of the cells that were encoded (length > 0)."""
+        return np.flatnonzero(self.lengths > 0)
+
+    def sequences(self, positions) -> list[np.ndarray]:
+        """Token sequences (int32, special tokens included) of the cells at ``positions``, in that order.
+
+        Cells that were not encoded give an empty array.
+        """
+        idx = np.asarray(positions, dtype=np.int64).reshape(-1)
+        if idx.size == 0:
+            return []
+        # Backed sparse datasets want sorted, unique row indices.
+        unique, inverse = np.unique(idx, return_inverse=True)
+        rows = _csr(self.ranks[unique])
+        n_genes = np.diff(rows.indptr)
+        lengths = self.lengths[unique]
+        expected = np.where(lengths > 0, lengths - self.n_special, 0)
+        if not np.array_equal(n_genes, expected):
+            msg = (
+                "The rank layer no longer matches the encoded lengths: genes holding ranks were removed after "
+                "`rank_encode`. Re-run `sgf.pp.rank_encode` on the subset."
+            )
+            raise ValueError(msg)
+        # Scatter each gene's token to its rank position in one flat array.
+        offsets = np.concatenate([[0], np.cumsum(lengths)])
+        flat = np.empty(offsets[-1], dtype=np.int32)
+        cell_of_entry = np.repeat(np.arange(len(unique)), n_genes)
+        shift = 1 if self.n_special else 0
+        flat[offsets[cell_of_entry] + rows.data.astype(np.int64) - 1 + shift] = self.var_token[rows.indices]
+        if self.n_special:
+            encoded = lengths > 0
+            flat[offsets[:-1][encoded]] = self.cls_id
+            flat[offsets[1:][encoded] - 1] = self.eos_id
+        sequences = np.split(flat, offsets[1:-1])
+        return [sequences[i] for i in inverse]
+
+    def iter_rank_blocks(self, block: int = ROW_BLOCK) -> Iterator[tuple[int, sp.csr_matrix]]:
+        """The rank layer in blocks of rows: ``(first row, CSR rows)``; only one block is in memory at a time."""
+        n_obs = self.n_cells
+        for start in range(0, n_obs, block):
+            yield start, _csr(self.ranks[start : min(start + block, n_obs)])
+
+    def var_occurrence(self) -> np.ndarray:
+        """Number of cells whose encoding holds each ``.var`` gene."""
+        counts = np.zeros(self.adata.n_vars, dtype=np.int64)
+        for _, rows in self.iter_rank_blocks():
+            counts += np.bincount(rows.indices[rows.data > 0], minlength=len(counts))
+        return counts
+
+    def token_occurrences(self, cells=None) -> np.ndarray:
+        """How often each token id occurs in the sequences of ``cells`` (positions; default all cells)."""
+        selected = np.ones(self.n_cells, dtype=bool) if cells is None else np.zeros(self.n_cells, dtype=bool)
+        if cells is not None:
+            selected[np.asarray(cells, dtype=np.int64)] = True
+        counts = np.zeros(int(self.var_token.max(initial=-1)) + 1, dtype=np.int64)
+        for start, rows in self.iter_rank_blocks():
+            row_of_entry = np.repeat(np.arange(rows.shape[0]), np.diff(rows.indptr))
+            keep = selected[start + row_of_entry] & (rows.data > 0)
+            tokens = self.var_token[rows.indices[keep]]
+            counts += np.bincount(tokens[tokens >= 0], minlength=len(counts))
+        return counts
+
+    def cells_holding(self, tokens, *, every: bool = False) -> np.ndarray:
+        """Boolean mask of the encoded cells holding any (or, with ``every``, each) of the token ids ``tokens``."""
+        tokens = np.atleast_1d(np.asarray(tokens, dtype=np.int64))
+        mask = np.zeros(self.n_cells, dtype=bool)
+        if every:
+            mask[:] = self.lengths > 0
+            for token in tokens:
+                mask &= self.cells_holding([token])
+            return mask
+        wanted = np.isin(self.var_token, tokens) & (self.var_token >= 0)
+        for start, rows in self.iter_rank_blocks():
+            hits = wanted[rows.indices] & (rows.data > 0)
+            row_of_entry = np.repeat(np.arange(rows.shape[0]), np.diff(rows.indptr))
+            mask[start + np.unique(row_of_entry[hits])] = True
+        return mask & (self.lengths > 0)
+
+    def __repr__(self) -> str:
+        return f"EncodingInfo({self.version}, {int((self.lengths > 0).sum())} of {self.n_cells} cells encoded)"
+
+
+def _csr(rows) -> sp.csr_matrix:
+    return rows if isinstance(rows, sp.csr_matrix) else sp.csr_matrix(rows)
+
+
+def sequences_for(info: EncodingInfo, positions) -> list[np.ndarray]:
+    """Token sequences of the cells at ``positions`` (see :meth:`EncodingInfo.sequences`)."""
+    return info.sequences(positions)

@@ -1,0 +1,300 @@
+"""Training tasks: what differs between masked-gene pretraining, cell classification and gene classification.
+
+:meth:`GeneformerModel._fit <scgeneformer.GeneformerModel>` runs every task the same way. A task first checks its
+arguments against the model and the data (:meth:`TrainingTask.validate`, :meth:`TrainingTask.prepare`: nothing on
+the model changes yet), then installs its head (:meth:`TrainingTask.install`), chooses the trainable parameters,
+gives the training plan and callbacks, and finally reports (:meth:`TrainingTask.finish`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from ._module import classification_head
+from ._training import ClassifierTrainingPlan, GeneformerTrainingPlan
+
+if TYPE_CHECKING:
+    from .._encoding import EncodingInfo
+    from .._execution import Execution
+    from ._gene_classifier import GeneLabels
+    from ._model import GeneformerModel
+
+Split = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+@dataclass
+class Prepared:
+    """A task's data: the train/validation/test split (cell positions) and the targets given to the collator."""
+
+    split: Split
+    targets: dict[str, Any] = field(default_factory=dict)
+
+
+def _check_fraction(name: str, value: float, *, upper_inclusive: bool = True) -> None:
+    ok = 0 <= value <= 1 if upper_inclusive else 0 <= value < 1
+    if not (isinstance(value, int | float) and ok):
+        interval = "[0, 1]" if upper_inclusive else "[0, 1)"
+        msg = f"{name} must be in {interval}, got {value!r}."
+        raise ValueError(msg)
+
+
+@dataclass
+class TrainingTask:
+    """Base of the training tasks: layer freezing and the hooks :meth:`GeneformerModel._fit` calls in order."""
+
+    #: Appended to the model's checkpoint label once trained (e.g. ``"… + classifier"``).
+    stage = "training"
+    freeze_layers: int = 0
+    freeze_embeddings: bool = False
+
+    def validate(self, model: GeneformerModel) -> None:
+        """Check the task's arguments against the model; raise before anything changes."""
+        n_layers = model.module.n_layers
+        if isinstance(self.freeze_layers, bool) or not isinstance(self.freeze_layers, int):
+            msg = f"freeze_layers must be an integer between 0 and {n_layers}, got {self.freeze_layers!r}."
+            raise TypeError(msg)
+        if not 0 <= self.freeze_layers <= n_layers:
+            msg = f"freeze_layers must be between 0 and {n_layers} (the model's encoder layers), got {self.freeze_layers}."
+            raise ValueError(msg)
+
+    def prepare(self, model: GeneformerModel, info: EncodingInfo, seed: int) -> Prepared:
+        """The split and targets; raise on unusable data. Must not change the model."""
+        raise NotImplementedError
+
+    def install(self, model: GeneformerModel) -> None:
+        """Add the task's head to the model (called after validation, under the training seed)."""
+
+    def set_trainable(self, module) -> None:
+        """Make the encoder trainable except the frozen embeddings and first layers; the masked-gene head is not
+        trained (its decoder shares the word embeddings' weight, which stays trainable unless frozen)."""
+        bert = module.mlm.bert
+        for parameter in module.parameters():
+            parameter.requires_grad = True
+        in_encoder = {id(parameter) for parameter in bert.parameters()}
+        for parameter in module.mlm.cls.parameters():
+            if id(parameter) not in in_encoder:
+                parameter.requires_grad = False
+        if self.freeze_embeddings:
+            for parameter in bert.embeddings.parameters():
+                parameter.requires_grad = False
+        for layer in bert.encoder.layer[: self.freeze_layers]:
+            for parameter in layer.parameters():
+                parameter.requires_grad = False
+
+    def make_plan(self, module, plan_kwargs: dict) -> GeneformerTrainingPlan:
+        """The Lightning training plan."""
+        return GeneformerTrainingPlan(module, **plan_kwargs)
+
+    def callbacks(self, prepared: Prepared) -> list:
+        """Extra Lightning callbacks."""
+        return []
+
+    def finish(self, model: GeneformerModel, plan, info: EncodingInfo, prepared: Prepared, execution: Execution):
+        """After training: restore the best weights, evaluate, and return a report (or ``None``)."""
+        return None
+
+
+def random_split(cells: np.ndarray, train_size: float, validation_size: float | None, seed: int) -> Split:
+    """Shuffle ``cells`` and cut them into training, validation and test positions (each sorted)."""
+    shuffled = np.random.RandomState(seed).permutation(cells)
+    validation_size = 1 - train_size if validation_size is None else validation_size
+    n_train = math.ceil(train_size * len(cells) - 1e-9)
+    n_val = min(len(cells) - n_train, math.floor(validation_size * len(cells) + 1e-9))
+    return (
+        np.sort(shuffled[:n_train]),
+        np.sort(shuffled[n_train : n_train + n_val]),
+        np.sort(shuffled[n_train + n_val :]),
+    )
+
+
+@dataclass
+class MaskedGeneTask(TrainingTask):
+    """Masked-gene (continued) pretraining: every encoder parameter and the masked-gene head train."""
+
+    stage = "training"
+    mlm_probability: float = 0.15
+    train_size: float = 0.9
+    validation_size: float | None = None
+
+    def validate(self, model: GeneformerModel) -> None:
+        super().validate(model)
+        if not 0 < self.mlm_probability < 1:
+            msg = f"mlm_probability must be in (0, 1), got {self.mlm_probability!r}."
+            raise ValueError(msg)
+        _check_fraction("train_size", self.train_size)
+        if self.validation_size is not None:
+            _check_fraction("validation_size", self.validation_size)
+            if self.train_size + self.validation_size > 1 + 1e-9:
+                msg = "train_size + validation_size must not exceed 1."
+                raise ValueError(msg)
+
+    def prepare(self, model: GeneformerModel, info: EncodingInfo, seed: int) -> Prepared:
+        split = random_split(info.encoded_cells(), self.train_size, self.validation_size, seed)
+        if len(split[0]) == 0:
+            msg = "No encoded cells to train on."
+            raise ValueError(msg)
+        return Prepared(split, {"mlm_probability": self.mlm_probability})
+
+    def set_trainable(self, module) -> None:
+        for parameter in module.parameters():
+            parameter.requires_grad = True
+
+
+@dataclass
+class CellClassificationTask(TrainingTask):
+    """Cell classification by the ``labels_key`` registered with ``setup_anndata``, with macro-F1 model selection."""
+
+    stage = "classifier"
+    pooling: str | None = None
+    dropout: float = 0.1
+    group_key: str | None = None
+    train_size: float = 0.8
+    validation_size: float = 0.1
+    early_stopping_patience: int | None = 3
+    classes: list[str] = field(default_factory=list, init=False)
+
+    def validate(self, model: GeneformerModel) -> None:
+        super().validate(model)
+        labels_key = model.registry_["setup_args"].get("labels_key")
+        if model.adata is None or labels_key is None:
+            msg = (
+                "Cell classification needs labelled data: call `GeneformerModel.setup_anndata(adata, "
+                "labels_key=...)`, then create the model with that data, e.g. "
+                "`GeneformerModel.from_pretrained(name, adata)`."
+            )
+            raise ValueError(msg)
+        pooling = self.pooling or model.module.classifier_pooling
+        if pooling not in ("mean", "cls"):
+            msg = f"pooling must be 'mean' or 'cls', got {pooling!r}."
+            raise ValueError(msg)
+        if pooling == "cls" and not model.module.special_tokens:
+            msg = "pooling='cls' needs a V2 model; use pooling='mean'."
+            raise ValueError(msg)
+        _check_fraction("dropout", self.dropout, upper_inclusive=False)
+        _check_fraction("train_size", self.train_size)
+        _check_fraction("validation_size", self.validation_size)
+        if self.train_size + self.validation_size > 1 + 1e-9:
+            msg = "train_size + validation_size must not exceed 1."
+            raise ValueError(msg)
+        if self.group_key is not None and self.group_key not in model.adata.obs.columns:
+            msg = f"group_key {self.group_key!r} is not an .obs column."
+            raise KeyError(msg)
+        if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
+            msg = f"early_stopping_patience must be a positive integer or None, got {self.early_stopping_patience!r}."
+            raise ValueError(msg)
+
+    def prepare(self, model: GeneformerModel, info: EncodingInfo, seed: int) -> Prepared:
+        import pandas as pd
+
+        from ._classifier import split_cells
+
+        adata = model.adata
+        labels_key = model.registry_["setup_args"]["labels_key"]
+        labels = pd.Series(adata.obs[labels_key].to_numpy(dtype=object))
+        usable = np.flatnonzero(labels.notna().to_numpy() & (info.lengths > 0))
+        classes = sorted(map(str, pd.unique(labels.iloc[usable])))
+        if len(classes) < 2:
+            msg = f"obs[{labels_key!r}] needs at least two classes among encoded cells, found {classes}."
+            raise ValueError(msg)
+        codes = np.full(adata.n_obs, -1, dtype=np.int64)
+        codes[usable] = pd.Categorical(labels.iloc[usable].astype(str), categories=classes).codes
+        groups = None
+        if self.group_key is not None:
+            groups = adata.obs[self.group_key].astype(str).to_numpy()[usable]
+        train, val, test = split_cells(
+            codes[usable], groups=groups, train_size=self.train_size, validation_size=self.validation_size, seed=seed
+        )
+        self.classes = classes
+        return Prepared((usable[train], usable[val], usable[test]), {"labels": codes})
+
+    def install(self, model: GeneformerModel) -> None:
+        pooling = self.pooling or model.module.classifier_pooling
+        model.module.classifier = classification_head(model.module.config.hidden_size, len(self.classes), self.dropout)
+        model.module.classifier_pooling = pooling
+        model.classes = list(self.classes)
+        model.init_params_["non_kwargs"].update(classes=model.classes, classifier_pooling=pooling)
+
+    def make_plan(self, module, plan_kwargs: dict) -> GeneformerTrainingPlan:
+        return ClassifierTrainingPlan(module, n_classes=len(self.classes), **plan_kwargs)
+
+    def callbacks(self, prepared: Prepared) -> list:
+        if self.early_stopping_patience is None or not len(prepared.split[1]):
+            return []
+        from lightning.pytorch.callbacks import EarlyStopping
+
+        return [EarlyStopping(monitor="validation_macro_f1", mode="max", patience=self.early_stopping_patience)]
+
+    def finish(self, model: GeneformerModel, plan, info: EncodingInfo, prepared: Prepared, execution: Execution):
+        from ._classifier import classification_metrics
+
+        if plan.best_state is not None:
+            model.module.load_state_dict(plan.best_state)
+        model.module.eval()
+        test = prepared.split[2]
+        quiet = execution.replace(progress_bar=False, devices=None, num_nodes=1)
+        predicted = model.predict(model.adata, test, soft=True, encoding_key=info.key, execution=quiet)
+        report = classification_metrics(prepared.targets["labels"][test], predicted.to_numpy().argmax(1), self.classes)
+        report["test_cells"] = model.adata.obs_names[test].to_numpy(dtype=str)
+        return report
+
+
+@dataclass
+class GeneClassificationTask(TrainingTask):
+    """Gene (token) classification: labelled genes' classes at their positions in the cells that hold them."""
+
+    stage = "gene classifier"
+    gene_labels: Mapping[str, Any] | str | GeneLabels | None = None
+    dropout: float = 0.1
+    validation_size: float = 0.1
+    n_cells: int | None = None
+    labels: GeneLabels | None = field(default=None, init=False)
+
+    def validate(self, model: GeneformerModel) -> None:
+        super().validate(model)
+        if model.adata is None:
+            msg = (
+                "Gene classification trains on encoded data: create the model with it, e.g. "
+                "`GeneformerModel.from_pretrained(name, adata)` or `model.copy(adata)`."
+            )
+            raise ValueError(msg)
+        _check_fraction("dropout", self.dropout, upper_inclusive=False)
+        _check_fraction("validation_size", self.validation_size, upper_inclusive=False)
+        if self.n_cells is not None and (not isinstance(self.n_cells, int) or self.n_cells < 1):
+            msg = f"n_cells must be a positive integer or None, got {self.n_cells!r}."
+            raise ValueError(msg)
+
+    def prepare(self, model: GeneformerModel, info: EncodingInfo, seed: int) -> Prepared:
+        from ._gene_classifier import GeneLabels, resolve_gene_labels
+
+        labels = self.gene_labels
+        if not isinstance(labels, GeneLabels):
+            labels = resolve_gene_labels(info, labels)
+        rng = np.random.default_rng(seed)
+        cells = rng.permutation(np.flatnonzero(info.cells_holding(labels.tokens)))
+        if self.n_cells is not None:
+            cells = cells[: self.n_cells]
+        n_val = math.floor(self.validation_size * len(cells) + 1e-9)
+        if len(cells) - n_val < 1:
+            msg = "No encoded cell holds a labelled gene to train on."
+            raise ValueError(msg)
+        self.labels = labels
+        split = (np.sort(cells[n_val:]), np.sort(cells[:n_val]), np.array([], dtype=np.int64))
+        return Prepared(split, {"token_labels": labels.lookup(model.module.config.vocab_size)})
+
+    def install(self, model: GeneformerModel) -> None:
+        hidden = model.module.config.hidden_size
+        model.module.gene_classifier = classification_head(hidden, len(self.labels.classes), self.dropout)
+        model.gene_classes = list(self.labels.classes)
+        model.init_params_["non_kwargs"].update(gene_classes=model.gene_classes)
+
+
+def freeze_summary(module: torch.nn.Module) -> tuple[int, int]:
+    """``(trainable, total)`` parameter counts of a module."""
+    parameters = list(module.parameters())
+    return sum(p.numel() for p in parameters if p.requires_grad), sum(p.numel() for p in parameters)

@@ -1,0 +1,202 @@
+"""Typed descriptions of an in silico perturbation run, shared by ``perturb``, its statistics and its plots."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+Perturbation = Literal["delete", "overexpress", "inhibit", "activate"]
+PERTURBATIONS = ("delete", "overexpress", "inhibit", "activate")
+
+
+def _as_list(value) -> list:
+    """A list from a list, tuple, array (as read back from h5ad/zarr), a single value or ``None``."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    return [v.item() if isinstance(v, np.generic) else v for v in np.asarray(value, dtype=object).ravel()]
+
+
+@dataclass(frozen=True)
+class GoalStates:
+    """Goal-state mode of :func:`~scgeneformer.tl.perturb`: which cells are perturbed, and toward which states.
+
+    Cells with ``obs[state_key] == start_state`` are perturbed; for the start, goal and each alternative state the
+    shift ``cos(perturbed, state) - cos(original, state)`` is reported (positive: toward the state).
+
+    Parameters
+    ----------
+    state_key
+        ``.obs`` column of the states.
+    start_state, goal_state
+        The states perturbed from and toward.
+    alt_states
+        Further states to report shifts toward.
+
+    Examples
+    --------
+    >>> GoalStates("condition", start_state="stim", goal_state="ctrl")
+    GoalStates(state_key='condition', start_state='stim', goal_state='ctrl', alt_states=())
+    >>> GoalStates.coerce({"state_key": "disease", "start_state": "dcm", "goal_state": "nf", "alt_states": ["hcm"]})
+    GoalStates(state_key='disease', start_state='dcm', goal_state='nf', alt_states=('hcm',))
+    """
+
+    state_key: str
+    start_state: Any
+    goal_state: Any
+    alt_states: tuple = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "alt_states", tuple(_as_list(self.alt_states)))
+        if not isinstance(self.state_key, str) or not self.state_key:
+            msg = f"state_key must name an .obs column, got {self.state_key!r}."
+            raise ValueError(msg)
+        names = self.names
+        if any(name is None for name in names):
+            msg = "Goal-state mode needs state_key, start_state and goal_state together."
+            raise ValueError(msg)
+        if len({str(n) for n in names}) != len(names):
+            msg = f"start, goal and alternative states must all differ, got {names}."
+            raise ValueError(msg)
+
+    @property
+    def names(self) -> list:
+        """The states in reporting order: start, goal, alternatives."""
+        return [self.start_state, self.goal_state, *self.alt_states]
+
+    @classmethod
+    def coerce(cls, value: GoalStates | Mapping | None) -> GoalStates | None:
+        """From a :class:`GoalStates`, a mapping like the reference's ``cell_states_to_model``, or ``None``."""
+        if value is None or isinstance(value, GoalStates):
+            return value
+        if isinstance(value, Mapping):
+            unknown = set(value) - {"state_key", "start_state", "goal_state", "alt_states"}
+            if unknown:
+                msg = f"Unknown goal-state keys {sorted(unknown)}; use state_key, start_state, goal_state, alt_states."
+                raise ValueError(msg)
+            missing = {"state_key", "start_state", "goal_state"} - set(value)
+            if missing:
+                msg = f"Goal-state mode needs state_key, start_state and goal_state; missing {sorted(missing)}."
+                raise ValueError(msg)
+            return cls(value["state_key"], value["start_state"], value["goal_state"], value.get("alt_states") or ())
+        msg = f"states must be an sgf.tl.GoalStates or a dict of its fields, got {type(value).__name__}."
+        raise TypeError(msg)
+
+    def to_params(self) -> dict:
+        """Plain values to store with the results (survive ``write_h5ad`` and ``write_zarr``)."""
+        return {
+            "state_key": self.state_key,
+            "start_state": self.start_state,
+            "goal_state": self.goal_state,
+            "alt_states": list(self.alt_states),
+        }
+
+    @classmethod
+    def from_params(cls, params: Mapping | None) -> GoalStates | None:
+        """Read :meth:`to_params` back, also after a ``write_h5ad``/``write_zarr`` round trip (``None``: no states)."""
+        if not params:
+            return None
+        alt = params.get("alt_states")
+        return cls(
+            str(params["state_key"]), _scalar(params["start_state"]), _scalar(params["goal_state"]), _as_list(alt)
+        )
+
+
+def _scalar(value):
+    return value.item() if isinstance(value, np.generic) else value
+
+
+@dataclass(frozen=True)
+class PerturbationSpec:
+    """What each perturbation of a run does to a cell (see :func:`~scgeneformer.tl.perturb`).
+
+    Attributes
+    ----------
+    perturbation
+        ``"delete"``, ``"overexpress"``, ``"inhibit"`` or ``"activate"``.
+    tokens
+        Token ids perturbed together in every cell, or ``None`` for every gene of each cell, one at a time.
+    anchor
+        With ``tokens=None``: a token perturbed together with each other gene (pairs).
+    rank_shift
+        Ranks moved by inhibit/activate (an int, or a fraction of the cell's genes).
+    reference_quirks
+        Reproduce the reference's overexpression bugs.
+    """
+
+    perturbation: Perturbation = "delete"
+    tokens: tuple[int, ...] | None = None
+    anchor: int | None = None
+    rank_shift: int | float = 0.25
+    reference_quirks: bool = False
+
+    def __post_init__(self) -> None:
+        if self.perturbation not in PERTURBATIONS:
+            msg = f"perturbation must be one of {PERTURBATIONS}, got {self.perturbation!r}."
+            raise ValueError(msg)
+        if self.anchor is not None and self.tokens is not None:
+            msg = "anchor_gene pairs the anchor with every gene of a cell: use it with genes='all'."
+            raise ValueError(msg)
+        if self.moves_by_ranks:
+            shift = self.rank_shift
+            fraction = isinstance(shift, float) and 0 < shift < 1
+            if isinstance(shift, bool) or not (fraction or (float(shift) == int(shift) and shift >= 1)):
+                msg = f"rank_shift must be a positive integer or a fraction in (0, 1), got {shift!r}."
+                raise ValueError(msg)
+
+    @property
+    def moves_by_ranks(self) -> bool:
+        """Whether genes move by ``rank_shift`` ranks (inhibit, activate)."""
+        return self.perturbation in ("inhibit", "activate")
+
+    @property
+    def all_genes(self) -> bool:
+        """Whether every gene of each cell is perturbed in turn."""
+        return self.tokens is None
+
+    def required_tokens(self) -> list[int]:
+        """Tokens a cell must hold to be perturbed (inserted overexpressed genes need not be present)."""
+        if self.anchor is not None:
+            return [self.anchor]
+        if self.tokens is not None and self.perturbation != "overexpress":
+            return list(self.tokens)
+        return []
+
+    def ranks_moved(self, n_genes: int) -> int:
+        """Signed rank shift for a cell of ``n_genes`` genes: positive moves down (inhibit), negative up."""
+        shift = self.rank_shift
+        steps = max(1, int(n_genes * shift)) if isinstance(shift, float) and 0 < shift < 1 else int(shift)
+        return -steps if self.perturbation == "activate" else steps
+
+    def count(self, lengths: np.ndarray, special: bool) -> int:
+        """Number of perturbed sequences for cells of these lengths."""
+        if self.tokens is not None:
+            return len(lengths)
+        genes = lengths - (2 if special else 0)
+        if self.anchor is not None or self.perturbation == "overexpress":
+            genes = genes - 1
+        return int(np.maximum(genes, 0).sum())
+
+    def to_params(self) -> dict:
+        """Plain values to store with the results."""
+        params: dict = {
+            "genes": "all" if self.tokens is None else [int(t) for t in self.tokens],
+            "perturbation": self.perturbation,
+            "reference_quirks": self.reference_quirks,
+        }
+        if self.anchor is not None:
+            params["anchor_token"] = int(self.anchor)
+        if self.moves_by_ranks:
+            params["rank_shift"] = self.rank_shift
+        return params
+
+
+def genes_param_is_all(params: Mapping) -> bool:
+    """Whether stored run parameters describe a ``genes="all"`` run (also after a file round trip)."""
+    genes = params.get("genes", "all")
+    return isinstance(genes, str) and genes == "all"
+
