@@ -8,7 +8,7 @@ weighted values).
 
 Usage::
 
-    python benchmarks/bench_embed.py [--model Geneformer-V1-10M] [--cells 2700] [--repeats 3] [--device cpu]
+    python benchmarks/bench_embed.py [--model Geneformer-V1-10M] [--cells 2700] [--repeats 3] [--accelerator cpu]
     python benchmarks/bench_embed.py --model Geneformer-V2-104M --cells 200
 """
 
@@ -68,7 +68,7 @@ def main() -> None:
     parser.add_argument("--cells", type=int, default=2700)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--layer", type=int, default=-1)
-    parser.add_argument("--device", default=None)
+    parser.add_argument("--accelerator", default="auto", help="cpu, cuda or mps (sgf.Execution)")
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--token-budget", type=int, default=None)
     parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "embed.json"))
@@ -77,11 +77,8 @@ def main() -> None:
     import anndata as ad
 
     import scgeneformer as sgf
-    from scgeneformer._engine import resolve_device
-    from scgeneformer.model._checkpoints import get_checkpoint
-    from scgeneformer.tl._embed import hidden_state_index
 
-    checkpoint = get_checkpoint(args.model)
+    checkpoint = sgf.model.get_checkpoint(args.model)
     folder = "V1_gc30M" if checkpoint.vocabulary == "V1" else "V2_gc104M"
     adata = ad.read_h5ad(SHARED / "data" / "datasets" / "pbmc3k_annotated.h5ad")
     adata = adata[: args.cells].copy()
@@ -89,27 +86,22 @@ def main() -> None:
         warnings.simplefilter("ignore")
         sgf.pp.rank_encode(adata, vocabulary=SHARED / "data" / "dictionaries" / folder, gene_id_key="ensembl_id")
     model = random_model(checkpoint)
-    device = resolve_device(args.device)
+    execution = sgf.Execution(
+        accelerator=args.accelerator, precision=args.precision, token_budget=args.token_budget, progress_bar=False
+    )
+    device = execution.device
     config = model.module.config
-    n_run = hidden_state_index(args.layer, config.num_hidden_layers)
+    n_run = model.hidden_state_index(args.layer)
     lengths = adata.obs["geneformer_n_tokens"].to_numpy()
     flops = model_flops(lengths[lengths > 0], config, n_run)
     peak_dtype = torch.bfloat16 if device.type == "cuda" and args.precision in ("auto", "bf16") else torch.float32
     peak = matmul_peak(device, peak_dtype)
     # Warm-up on a few cells (allocator, kernels), not timed.
-    sgf.tl.embed(adata[:8].copy(), model, layer=args.layer, device=args.device, progress_bar=False)
+    sgf.tl.embed(adata[:8].copy(), model, layer=args.layer, execution=execution)
     times = []
     for _ in range(args.repeats):
         start = time.perf_counter()
-        sgf.tl.embed(
-            adata,
-            model,
-            layer=args.layer,
-            device=args.device,
-            precision=args.precision,
-            token_budget=args.token_budget,
-            progress_bar=False,
-        )
+        sgf.tl.embed(adata, model, layer=args.layer, execution=execution)
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)

@@ -11,7 +11,7 @@ Usage::
 
     python benchmarks/bench_perturb.py                       # the 716-gene cell, 3 repeats, CPU fp32
     python benchmarks/bench_perturb.py --n-cells 5 --repeats 1
-    python benchmarks/bench_perturb.py --device cuda --precision bf16 --n-cells 50
+    python benchmarks/bench_perturb.py --accelerator cuda --precision bf16 --n-cells 50
 """
 
 from __future__ import annotations
@@ -54,32 +54,29 @@ def main() -> None:
     parser.add_argument("--gene-shifts", action="store_true", help="also report every gene's shift")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--layer", type=int, default=-1)
-    parser.add_argument("--device", default=None)
+    parser.add_argument("--accelerator", default="auto", help="cpu, cuda or mps (sgf.Execution)")
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--token-budget", type=int, default=None)
-    parser.add_argument(
-        "--compare-plain", action="store_true", help="also time the engine without the shared first layer"
-    )
     parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "perturb.json"))
     args = parser.parse_args()
 
     import anndata as ad
 
     import scgeneformer as sgf
-    from scgeneformer._engine import resolve_device
-    from scgeneformer.model._checkpoints import get_checkpoint
-    from scgeneformer.tl._embed import hidden_state_index
 
-    checkpoint = get_checkpoint(args.model)
+    checkpoint = sgf.model.get_checkpoint(args.model)
     folder = SHARED / "data" / "dictionaries" / ("V1_gc30M" if checkpoint.vocabulary == "V1" else "V2_gc104M")
     adata = ad.read_h5ad(SHARED / "data" / "datasets" / "pbmc3k_annotated.h5ad")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         sgf.pp.rank_encode(adata, vocabulary=folder, gene_id_key="ensembl_id", n_counts_key="n_counts")
     model = random_model(checkpoint)
-    device = resolve_device(args.device)
+    execution = sgf.Execution(
+        accelerator=args.accelerator, precision=args.precision, token_budget=args.token_budget, progress_bar=False
+    )
+    device = execution.device
     config = model.module.config
-    n_run = hidden_state_index(args.layer, config.num_hidden_layers)
+    n_run = model.hidden_state_index(args.layer)
     selection = {"max_cells": args.n_cells} if args.n_cells else {"cells": [args.cell]}
     options = {
         "perturbation": args.perturbation,
@@ -88,10 +85,7 @@ def main() -> None:
         "cell_cosine": args.cell_cosine,
         "gene_shifts": args.gene_shifts,
         "vocabulary": folder,
-        "device": args.device,
-        "precision": args.precision,
-        "token_budget": args.token_budget,
-        "progress_bar": False,
+        "execution": execution,
         "inplace": False,
     }
     peak_dtype = torch.bfloat16 if device.type == "cuda" and args.precision in ("auto", "bf16") else torch.float32
@@ -110,15 +104,6 @@ def main() -> None:
         return times, results
 
     times, results = timed_runs()
-    plain_times = None
-    if args.compare_plain:
-        from scgeneformer.tl._first_layer import DeletionFirstLayer
-
-        fits = DeletionFirstLayer.fits
-        DeletionFirstLayer.fits = staticmethod(lambda n, heads: False)
-        plain_times, plain_results = timed_runs()
-        DeletionFirstLayer.fits = fits
-        difference = (plain_results["cells"]["cosine"] - results["cells"]["cosine"]).abs().max()
     cells = results["cells"]
     names = list(dict.fromkeys(cells["cell"].astype(str)))
     lengths = adata.obs.loc[names, "geneformer_n_tokens"].to_numpy()
@@ -148,11 +133,6 @@ def main() -> None:
         # peak resident memory of the whole process (data, model and imports included)
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
-    if plain_times is not None:
-        result["plain_first_layer_seconds"] = plain_times
-        result["plain_first_layer_median_seconds"] = statistics.median(plain_times)
-        result["speedup_of_shared_first_layer"] = statistics.median(plain_times) / median
-        result["max_abs_cosine_difference_to_plain"] = float(difference)
     print(json.dumps(result, indent=2))
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(result, indent=2))

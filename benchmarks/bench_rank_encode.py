@@ -110,7 +110,6 @@ def run_worker(spec: dict) -> dict:
     import anndata as ad
 
     import scgeneformer as sgf
-    from scgeneformer._data import default_n_jobs
 
     import_s = time.perf_counter() - t_import
     result = {
@@ -168,7 +167,7 @@ def run_worker(spec: dict) -> dict:
         read_s=read_s,
         cells_per_s=spec["n_cells"] / encode_s,
         ratio_to_read=encode_s / read_s,
-        n_jobs_used=spec["n_jobs"] or default_n_jobs(),
+        n_jobs_used=spec["n_jobs"] or len(os.sched_getaffinity(0)),
     )
     return result
 

@@ -49,9 +49,8 @@ def main() -> None:
     from lightning.pytorch.callbacks import Callback
 
     import scgeneformer as sgf
-    from scgeneformer.model._checkpoints import get_checkpoint
 
-    checkpoint = get_checkpoint(args.model)
+    checkpoint = sgf.model.get_checkpoint(args.model)
     folder = "V1_gc30M" if checkpoint.vocabulary == "V1" else "V2_gc104M"
     adata = ad.read_h5ad(SHARED / "data" / "datasets" / "pbmc3k_annotated.h5ad")
     with warnings.catch_warnings():
@@ -98,11 +97,9 @@ def main() -> None:
     model.train(
         max_epochs=1,
         max_steps=args.warmup + args.steps,
-        token_budget=args.token_budget,
         train_size=1.0,
         validation_size=0.0,
-        accelerator=args.accelerator,
-        devices=1,
+        execution={"accelerator": args.accelerator, "token_budget": args.token_budget},
         callbacks=[timer],
         enable_progress_bar=False,
         enable_model_summary=False,

@@ -15,10 +15,11 @@ Steps (all on CPU unless ``--accelerator`` says otherwise):
 2. A small BERT (V1 vocabulary; 4 layers, hidden 128, 4 heads, FFN 256, input size 2048, otherwise the V1-10M
    configuration) is pretrained by masked-gene prediction for ``--pretrain-epochs`` epochs or ``--pretrain-seconds``
    (Lightning ``max_time``), whichever comes first. The masked-gene loss and accuracy of the pretraining
-   validation cells (the split ``train()`` makes) are computed before and after, with the same fixed masks.
-3. PBMC 3k cell types (``obs["cell_type"]``, "NA" dropped), one stratified split (``split_cells``, seed 0, train 0.8 /
-   validation 0.1 / test 0.1), the one ``train_classifier`` makes itself; the script recomputes it and checks that
-   the test cells match by re-predicting them (same confusion matrix). Compared on the same test cells:
+   validation cells (the split ``train()`` makes, ``model.validation_indices``) are computed before and after with
+   the same fixed masks (``model.get_reconstruction_error``).
+3. PBMC 3k cell types (``obs["cell_type"]``, "NA" dropped), one stratified split (seed 0, train 0.8 / validation 0.1
+   / test 0.1), the one ``train_classifier`` makes itself (``model.train_indices``/``test_indices``); the script
+   re-predicts the test cells and checks the confusion matrix against the report. Compared on the same test cells:
    (a) the pretrained small model fine-tuned, (b) the same architecture from random initialisation fine-tuned with
    the same settings, (c) scanpy ``normalize_total(1e4)`` + ``log1p`` + 2,000 HVGs fitted on the training cells +
    PCA (50) fitted on the training cells + ``LogisticRegression(max_iter=2000)``.
@@ -97,7 +98,7 @@ def to_token_space(adata, vocab_size: int) -> sp.csr_matrix:
 def pooled_corpus(encoded: dict, vocab_size: int):
     import anndata as ad
 
-    from scgeneformer.pp._input_ids import EncodingInfo, sequences_for
+    from scgeneformer import EncodingInfo
 
     first = next(iter(encoded.values()))
     params = {
@@ -126,33 +127,12 @@ def pooled_corpus(encoded: dict, vocab_size: int):
     offset, rng = 0, np.random.default_rng(0)
     for a in encoded.values():
         sample = np.sort(rng.choice(np.flatnonzero(a.obs[f"{KEY}_n_tokens"].to_numpy() > 0), 50, replace=False))
-        own = sequences_for(EncodingInfo(a, KEY), sample)
-        pooled = sequences_for(info, sample + offset)
+        own = EncodingInfo(a, KEY).sequences(sample)
+        pooled = info.sequences(sample + offset)
         if not all(np.array_equal(x, y) for x, y in zip(own, pooled, strict=True)):
             raise AssertionError("pooled corpus does not reproduce the per-dataset token sequences")
         offset += a.n_obs
     return corpus
-
-
-@torch.no_grad()
-def masked_gene_loss(module, info, cells: np.ndarray, *, vocab_size: int, token_budget: int, seed: int = 1234):
-    """Masked-gene cross-entropy and accuracy over ``cells`` with fixed (seeded) masks."""
-    from scgeneformer.model._data import TokenCollator, TokenDataModule
-
-    collator = TokenCollator(info, mlm_probability=0.15, vocab_size=vocab_size, seed=seed)
-    empty = cells[:0]
-    loader = TokenDataModule(info, collator=collator, token_budget=token_budget, split=(empty, cells, empty))
-    was_training = module.training
-    module.eval()
-    total, correct, n = 0.0, 0.0, 0
-    for batch in loader.val_dataloader():
-        _, generative, loss = module(batch)
-        k = len(generative["targets"])
-        total += float(loss.loss) * k
-        correct += float((generative["logits"].argmax(-1) == generative["targets"]).sum())
-        n += k
-    module.train(was_training)
-    return {"loss": total / n, "accuracy": correct / n, "n_masked": n, "n_cells": len(cells)}
 
 
 def history_summary(model) -> dict:
@@ -169,8 +149,6 @@ def baseline(counts_adata, train: np.ndarray, test: np.ndarray, labels: np.ndarr
     from sklearn.decomposition import PCA
     from sklearn.linear_model import LogisticRegression
 
-    from scgeneformer.model._classifier import classification_metrics
-
     a = counts_adata.copy()
     a.X = sp.csr_matrix(a.X, dtype=np.float32)
     sc.pp.normalize_total(a, target_sum=1e4)  # per cell: nothing is fitted
@@ -186,6 +164,20 @@ def baseline(counts_adata, train: np.ndarray, test: np.ndarray, labels: np.ndarr
     report = classification_metrics(labels[test], predicted, classes)
     report["n_hvg"] = len(genes)
     return report
+
+
+def classification_metrics(true: np.ndarray, predicted: np.ndarray, classes: list[str]) -> dict:
+    """Accuracy, macro-F1 and confusion matrix of class codes (as in ``train_classifier``'s report)."""
+    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
+
+    codes = np.arange(len(classes))
+    return {
+        "accuracy": float(accuracy_score(true, predicted)),
+        "macro_f1": float(f1_score(true, predicted, labels=codes, average="macro", zero_division=0)),
+        "confusion_matrix": confusion_matrix(true, predicted, labels=codes),
+        "classes": list(classes),
+        "n_cells": int(len(true)),
+    }
 
 
 def jsonable(report: dict) -> dict:
@@ -211,20 +203,11 @@ def main() -> None:
     import anndata as ad
 
     import scgeneformer as sgf
-    from scgeneformer.model._checkpoints import get_checkpoint
-    from scgeneformer.model._classifier import classification_metrics, split_cells
-    from scgeneformer.model._data import TokenDataModule
-    from scgeneformer.pp._input_ids import EncodingInfo
-    from scgeneformer.tl._annotate import class_probabilities
 
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    fit_kwargs = {
-        "accelerator": args.accelerator,
-        "devices": 1,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-    }
+    execution = sgf.Execution(accelerator=args.accelerator, token_budget=args.token_budget, progress_bar=False)
+    fit_kwargs = {"execution": execution, "enable_progress_bar": False, "enable_model_summary": False}
     dictionaries = SHARED / "data" / "dictionaries" / "V1_gc30M"
     max_genes = args.max_genes or None
 
@@ -234,7 +217,7 @@ def main() -> None:
     for name in DATASETS:
         a = ad.read_h5ad(SHARED / "data" / "datasets" / f"{name}.h5ad")
         encoded[name] = encode(a, dictionaries, max_genes)
-    v1 = get_checkpoint("Geneformer-V1-10M").config
+    v1 = sgf.model.get_checkpoint("Geneformer-V1-10M").config
     small_config = dict(
         v1,
         num_hidden_layers=4,
@@ -261,46 +244,37 @@ def main() -> None:
     sgf.GeneformerModel.setup_anndata(corpus)
     pretrained = sgf.GeneformerModel(corpus, bert_config=small_config, vocabulary="V1")
     init_state = {k: v.clone() for k, v in pretrained.module.state_dict().items()}
-    corpus_info = EncodingInfo(corpus, KEY)
-    split = TokenDataModule(corpus_info, collator=None, train_size=0.95, validation_size=0.05, seed=0)
-    val_cells = split.val_idx
-    before = masked_gene_loss(
-        pretrained.module, corpus_info, val_cells, vocab_size=vocab_size, token_budget=args.token_budget
-    )
-    print("masked-gene validation before pretraining:", before, flush=True)
+    initial = pretrained.copy()
     start = time.perf_counter()
     pretrained.train(
         max_epochs=args.pretrain_epochs,
-        lr=args.pretrain_lr,
-        schedule="constant",  # the run may be cut by max_time: no schedule that assumes a known length
-        warmup_steps=0.02,
         train_size=0.95,
         validation_size=0.05,
-        token_budget=args.token_budget,
+        # the run may be cut by max_time: no schedule that assumes a known length
+        plan_kwargs={"lr": args.pretrain_lr, "schedule": "constant", "warmup_steps": 0.02},
         max_time={"seconds": args.pretrain_seconds},
         num_sanity_val_steps=0,
         **fit_kwargs,
     )
     timings["pretrain_s"] = time.perf_counter() - start
     pretrain_steps = int(pretrained.trainer.global_step) if getattr(pretrained, "trainer", None) else None
-    after = masked_gene_loss(
-        pretrained.module, corpus_info, val_cells, vocab_size=vocab_size, token_budget=args.token_budget
-    )
+    val_cells = pretrained.validation_indices
+    before = initial.get_reconstruction_error(corpus, val_cells, encoding_key=KEY, execution=execution)
+    after = pretrained.get_reconstruction_error(corpus, val_cells, encoding_key=KEY, execution=execution)
+    print("masked-gene validation before pretraining:", before, flush=True)
     print("masked-gene validation after pretraining:", after, f"({timings['pretrain_s']:.0f} s)", flush=True)
     pretrained_state = {k: v.detach().clone() for k, v in pretrained.module.state_dict().items()}
-    n_train_cells = len(split.train_idx)
+    n_train_cells = len(pretrained.train_indices)
 
     # 3. PBMC 3k cell types ------------------------------------------------------------------------------------
     pbmc = encoded["pbmc3k_annotated"]
     pbmc = pbmc[(pbmc.obs["cell_type"].astype(str) != "NA").to_numpy()].copy()
     pbmc.obs["cell_type"] = pbmc.obs["cell_type"].astype(str).astype("category")
-    pbmc_info = EncodingInfo(pbmc, KEY)
-    if (pbmc_info.lengths == 0).any():
+    if (sgf.EncodingInfo(pbmc, KEY).lengths == 0).any():
         raise AssertionError("a labelled PBMC cell has no encoded gene")
     labels = pbmc.obs["cell_type"].astype(str).to_numpy()
     classes = sorted(set(labels))
     codes = pd.Categorical(labels, categories=classes).codes.astype(np.int64)
-    train, val, test = split_cells(codes, train_size=0.8, validation_size=0.1, seed=0)
     cell_results = {}
     for name, state in (("pretrained_finetuned", pretrained_state), ("scratch_finetuned", init_state)):
         start = time.perf_counter()
@@ -309,24 +283,17 @@ def main() -> None:
         model.module.load_state_dict(state)
         report = model.train_classifier(
             max_epochs=args.finetune_epochs,
-            lr=args.finetune_lr,
             train_size=0.8,
             validation_size=0.1,
-            token_budget=args.token_budget,
             seed=0,
+            plan_kwargs={"lr": args.finetune_lr},
             **fit_kwargs,
         )
         seconds = time.perf_counter() - start
-        # Same test cells? Re-predict our own test split: the confusion matrix must be the report's.
-        probabilities = class_probabilities(
-            model,
-            pbmc_info,
-            test,
-            token_budget=args.token_budget,
-            device="cpu" if args.accelerator == "cpu" else None,
-            progress_bar=False,
-        )
-        mine = classification_metrics(codes[test], probabilities.argmax(1), classes)
+        train, val, test = model.train_indices, model.validation_indices, model.test_indices
+        # Same test cells? Re-predict the test split: the confusion matrix must be the report's.
+        probabilities = model.predict(pbmc, test, soft=True, encoding_key=KEY, execution=execution)
+        mine = classification_metrics(codes[test], probabilities.to_numpy().argmax(1), classes)
         same = bool(
             report["n_cells"] == len(test) and np.array_equal(mine["confusion_matrix"], report["confusion_matrix"])
         )
@@ -384,11 +351,10 @@ def main() -> None:
         gene_labels,
         n_folds=5,
         seed=0,
-        device="cpu" if args.accelerator == "cpu" else None,
-        token_budget=args.token_budget,
         max_epochs=args.gene_cv_epochs,
-        lr=args.finetune_lr,
+        plan_kwargs={"lr": args.finetune_lr},
         n_cells=args.gene_cv_train_cells,
+        inplace=False,
         **fit_kwargs,
     )
     timings["gene_cv_s"] = time.perf_counter() - start

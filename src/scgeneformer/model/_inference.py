@@ -202,6 +202,75 @@ class InferenceMixin:
             adata, indices, layer=layer, pooling=pooling, encoding_key=encoding_key, mod=mod, execution=execution
         ).cells
 
+    def get_reconstruction_error(
+        self,
+        adata: AnnData | MuData | None = None,
+        indices: Sequence[int] | np.ndarray | None = None,
+        *,
+        mlm_probability: float = 0.15,
+        seed: int = 1234,
+        encoding_key: str | None = None,
+        mod: str = "rna",
+        execution: Execution | Mapping | None = None,
+    ) -> dict[str, float]:
+        """Masked-gene loss and accuracy of cells, with masks drawn as in :meth:`train` (seeded, so repeatable).
+
+        Use it to compare models on the same held-out cells, e.g. before and after (continued) pretraining.
+
+        Parameters
+        ----------
+        adata, indices, encoding_key, mod, execution
+            As in :meth:`get_embeddings`.
+        mlm_probability
+            Share of gene tokens masked.
+        seed
+            Seed of the masks: the same seed masks the same positions.
+
+        Returns
+        -------
+        ``{"loss": mean cross-entropy per masked gene, "accuracy": share predicted exactly, "n_masked": genes
+        masked, "n_cells": cells}``.
+
+        Examples
+        --------
+        >>> model.get_reconstruction_error(adata, model.validation_indices)  # doctest: +SKIP
+        """
+        from ._data import TokenCollator, TokenDataModule
+
+        info = self.encoding_info(adata, encoding_key=encoding_key, mod=mod)
+        cells = self._cells(info, indices)
+        cells = cells[info.lengths[cells] > 0]
+        execution = Execution.coerce(execution)
+        device = execution.device
+        collator = TokenCollator(
+            info, vocab_size=self.module.config.vocab_size, mlm_probability=mlm_probability, seed=seed
+        )
+        empty = cells[:0]
+        loader = TokenDataModule(
+            info,
+            collator=collator,
+            split=(empty, cells, empty),
+            token_budget=execution.token_budget_for(device.type),
+            max_cells=execution.batch_size,
+        ).val_dataloader()
+        total = correct = 0.0
+        n = 0
+        module = self.module.to(device)
+        was_training = module.training
+        module.eval()
+        try:
+            with torch.inference_mode(), execution.autocast(device):
+                for batch in loader:
+                    batch = {k: v.to(device) for k, v in batch.items()}
+                    _, generative, loss = module(batch)
+                    k = len(generative["targets"])
+                    total += float(loss.loss) * k
+                    correct += float((generative["logits"].argmax(-1) == generative["targets"]).sum())
+                    n += k
+        finally:
+            module.train(was_training)
+        return {"loss": total / max(n, 1), "accuracy": correct / max(n, 1), "n_masked": n, "n_cells": len(cells)}
+
     def predict(
         self,
         adata: AnnData | MuData | None = None,
