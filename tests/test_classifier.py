@@ -92,3 +92,34 @@ def test_annotate_needs_a_head_and_labels():
     sgf.GeneformerModel.setup_anndata(adata)
     with pytest.raises(ValueError, match="labels_key"):
         sgf.GeneformerModel(adata, bert_config=tiny_bert_config(vocab), vocabulary="V1").train_classifier()
+
+
+def test_bad_arguments_leave_a_fine_tuned_model_intact():
+    """Every argument is checked before the model changes: a fine-tuned head and its weights survive a bad call."""
+    vocab = make_vocabulary("V1")
+    adata = labelled_data(vocab, n_obs=30)
+    sgf.GeneformerModel.setup_anndata(adata, labels_key="cell_type")
+    torch.manual_seed(0)
+    model = sgf.GeneformerModel(adata, bert_config=tiny_bert_config(vocab), classes=["x", "y"], vocabulary="V1")
+    head = model.module.classifier
+    before = {k: v.clone() for k, v in model.module.state_dict().items()}
+    trainable = [p.requires_grad for p in model.module.parameters()]
+    bad_calls = [
+        ({"freeze_layers": 99}, ValueError, "freeze_layers"),
+        ({"freeze_layers": -1}, ValueError, "freeze_layers"),
+        ({"pooling": "cls"}, ValueError, "V2"),
+        ({"group_key": "donor_id"}, KeyError, "group_key"),
+        ({"train_size": 0.95, "validation_size": 0.1}, ValueError, "exceed"),
+        ({"plan_kwargs": {"lr": -1}}, ValueError, "lr"),
+        ({"plan_kwargs": {"learning_rate": 1e-3}}, TypeError, "plan_kwargs"),
+        ({"execution": {"devices_": 2}}, TypeError, "execution"),
+    ]
+    for kwargs, error, match in bad_calls:
+        with pytest.raises(error, match=match):
+            model.train_classifier(max_epochs=1, **kwargs)
+        assert model.module.classifier is head and model.classes == ["x", "y"]
+        assert all(torch.equal(v, model.module.state_dict()[k]) for k, v in before.items())
+        assert [p.requires_grad for p in model.module.parameters()] == trainable
+    with pytest.raises(ValueError, match="freeze_layers"):
+        model.train_gene_classifier({"a": list(adata.var_names[:3]), "b": list(adata.var_names[3:6])}, freeze_layers=9)
+    assert model.module.gene_classifier is None and model.gene_classes is None

@@ -67,9 +67,7 @@ def test_gene_embeddings_average_over_cells(setup):
     assert adata.var["X_geneformer_n_cells"].iloc[gene_col] == len(states)
     assert np.isnan(adata.varm["X_geneformer"][-1]).all()  # a gene outside the vocabulary
     adata.obs["first_half"] = np.arange(adata.n_obs) < adata.n_obs // 2
-    sgf.tl.embed(
-        adata, model, gene_embeddings=True, gene_embedding_cells="first_half", key_added="h"
-    )
+    sgf.tl.embed(adata, model, gene_embeddings=True, gene_embedding_cells="first_half", key_added="h")
     assert (adata.var["h_n_cells"] <= adata.var["X_geneformer_n_cells"]).all()
     assert adata.var["h_n_cells"].sum() < adata.var["X_geneformer_n_cells"].sum()
 

@@ -106,7 +106,9 @@ def cell_mask(adata: AnnData, cells, *, argument: str = "cells") -> np.ndarray:
         mask = np.ones(adata.n_obs, dtype=bool)
         for column, allowed in cells.items():
             if column not in adata.obs.columns:
-                msg = f"{argument} filter column {column!r} is not an .obs column; available: {list(adata.obs.columns)}."
+                msg = (
+                    f"{argument} filter column {column!r} is not an .obs column; available: {list(adata.obs.columns)}."
+                )
                 raise KeyError(msg)
             allowed = [allowed] if isinstance(allowed, str) or not np.iterable(allowed) else list(allowed)
             mask &= adata.obs[column].isin(allowed).to_numpy()

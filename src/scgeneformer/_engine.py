@@ -5,8 +5,9 @@ batches run under ``torch.inference_mode`` with SDPA attention, in float32 on CP
 CUDA. Token sequences are read batch by batch from the rank layer, so memory does not grow with the number of cells.
 
 A run computes, per batch, per-cell values and/or per-token sums (``compute(module, cells, input_ids,
-attention_mask)`` returns them) and collects them in :class:`InferenceResults`. The same function and the same accumulator serve a run
-in this process and a Lightning run over several processes or devices (see :class:`~scgeneformer.Execution`).
+attention_mask)`` returns them) and collects them in :class:`InferenceResults`. The same function and the same
+accumulator serve a run in this process and a Lightning run over several processes or devices (see
+:class:`~scgeneformer.Execution`).
 """
 
 from __future__ import annotations

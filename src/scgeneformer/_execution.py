@@ -74,7 +74,8 @@ class Execution:
 
     Examples
     --------
-    >>> sgf.tl.embed(adata, model, execution=sgf.Execution(accelerator="cuda", devices=4, strategy="ddp"))  # doctest: +SKIP
+    >>> run_on_4_gpus = sgf.Execution(accelerator="cuda", devices=4, strategy="ddp")
+    >>> sgf.tl.embed(adata, model, execution=run_on_4_gpus)  # doctest: +SKIP
     >>> sgf.tl.embed(adata, model, execution={"token_budget": 4096, "progress_bar": False})  # doctest: +SKIP
     """
 

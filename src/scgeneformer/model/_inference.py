@@ -57,10 +57,10 @@ class InferenceMixin:
     def encoding_info(
         self, adata: AnnData | MuData | None = None, *, encoding_key: str | None = None, mod: str = "rna"
     ) -> EncodingInfo:
-        """The encoding a method reads: of ``adata`` (AnnData or the ``mod`` modality of a MuData), or of the data
-        the model was set up with; checked against the model's vocabulary and input size.
+        """The encoding a method reads, checked against the model's vocabulary and input size.
 
-        ``encoding_key`` defaults to the one registered with :meth:`setup_anndata`, else ``"geneformer"``.
+        It is the encoding of ``adata`` (AnnData or the ``mod`` modality of a MuData), or of the data the model was
+        set up with. ``encoding_key`` defaults to the one registered with :meth:`setup_anndata`, else ``"geneformer"``.
         """
         if adata is None:
             if self.adata is None:
@@ -316,7 +316,9 @@ class InferenceMixin:
             return {"cells": torch.softmax(module.classify(ids, mask).float(), -1)}
 
         results = InferenceResults(cells, info.n_cells, cell_width=len(self.classes))
-        run_inference(self.module, info, cells, compute, results, Execution.coerce(execution), description="classifying")
+        run_inference(
+            self.module, info, cells, compute, results, Execution.coerce(execution), description="classifying"
+        )
         probabilities = results.cell_values
         if soft:
             return pd.DataFrame(probabilities, index=info.adata.obs_names[cells], columns=list(self.classes))
@@ -372,7 +374,9 @@ class InferenceMixin:
 
         shape = (self.module.config.vocab_size, len(self.gene_classes))
         results = InferenceResults(cells, info.n_cells, token_shape=shape)
-        run_inference(self.module, info, cells, compute, results, Execution.coerce(execution), description="classifying genes")
+        run_inference(
+            self.module, info, cells, compute, results, Execution.coerce(execution), description="classifying genes"
+        )
         probabilities, _ = _per_var_means(info, results.token_sums, results.token_counts)
         if soft:
             return pd.DataFrame(probabilities, index=info.adata.var_names, columns=list(self.gene_classes))

@@ -451,7 +451,8 @@ class GeneformerModel(InferenceMixin, BaseModelClass):
 
         Examples
         --------
-        >>> model.train_gene_classifier({"sensitive": ["GATA4", "TBX5"], "insensitive": ["CEBPZ", "RBBP5"]})  # doctest: +SKIP
+        >>> labels = {"sensitive": ["GATA4", "TBX5"], "insensitive": ["CEBPZ", "RBBP5"]}
+        >>> model.train_gene_classifier(labels)  # doctest: +SKIP
         """
         task = GeneClassificationTask(
             freeze_layers=freeze_layers,
@@ -461,7 +462,9 @@ class GeneformerModel(InferenceMixin, BaseModelClass):
             validation_size=validation_size,
             n_cells=n_cells,
         )
-        self._fit(task, max_epochs=max_epochs, seed=seed, plan_kwargs=plan_kwargs, execution=execution, **trainer_kwargs)
+        self._fit(
+            task, max_epochs=max_epochs, seed=seed, plan_kwargs=plan_kwargs, execution=execution, **trainer_kwargs
+        )
 
     def _fit(
         self,

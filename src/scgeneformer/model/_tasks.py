@@ -60,7 +60,7 @@ class TrainingTask:
             msg = f"freeze_layers must be an integer between 0 and {n_layers}, got {self.freeze_layers!r}."
             raise TypeError(msg)
         if not 0 <= self.freeze_layers <= n_layers:
-            msg = f"freeze_layers must be between 0 and {n_layers} (the model's encoder layers), got {self.freeze_layers}."
+            msg = f"freeze_layers must be between 0 and {n_layers} (the encoder's layers), got {self.freeze_layers}."
             raise ValueError(msg)
 
     def prepare(self, model: GeneformerModel, info: EncodingInfo, seed: int) -> Prepared:
@@ -71,8 +71,11 @@ class TrainingTask:
         """Add the task's head to the model (called after validation, under the training seed)."""
 
     def set_trainable(self, module) -> None:
-        """Make the encoder trainable except the frozen embeddings and first layers; the masked-gene head is not
-        trained (its decoder shares the word embeddings' weight, which stays trainable unless frozen)."""
+        """Make the encoder trainable except the frozen embeddings and first layers.
+
+        The masked-gene head is not trained (its decoder shares the word embeddings' weight, which stays trainable
+        unless frozen).
+        """
         bert = module.mlm.bert
         for parameter in module.parameters():
             parameter.requires_grad = True
@@ -292,9 +295,3 @@ class GeneClassificationTask(TrainingTask):
         model.module.gene_classifier = classification_head(hidden, len(self.labels.classes), self.dropout)
         model.gene_classes = list(self.labels.classes)
         model.init_params_["non_kwargs"].update(gene_classes=model.gene_classes)
-
-
-def freeze_summary(module: torch.nn.Module) -> tuple[int, int]:
-    """``(trainable, total)`` parameter counts of a module."""
-    parameters = list(module.parameters())
-    return sum(p.numel() for p in parameters if p.requires_grad), sum(p.numel() for p in parameters)

@@ -139,7 +139,9 @@ def check_plan_kwargs(plan_kwargs: dict | None, plan_cls: type = GeneformerTrain
     accepted -= {"self", "module", "kwargs", "loss_kwargs", "optimizer", "optimizer_creator"}
     unknown = sorted(set(plan_kwargs) - accepted)
     if unknown:
-        msg = f"Unknown plan_kwargs {unknown}; accepted: lr, weight_decay, warmup_steps, schedule and {sorted(accepted)}."
+        msg = (
+            f"Unknown plan_kwargs {unknown}; accepted: lr, weight_decay, warmup_steps, schedule and {sorted(accepted)}."
+        )
         raise TypeError(msg)
     lr = plan_kwargs.get("lr", PLAN_DEFAULTS["lr"])
     if not (isinstance(lr, int | float) and lr > 0):
@@ -150,7 +152,9 @@ def check_plan_kwargs(plan_kwargs: dict | None, plan_cls: type = GeneformerTrain
         msg = f"weight_decay must be a non-negative number, got {weight_decay!r}."
         raise ValueError(msg)
     warmup = plan_kwargs.get("warmup_steps", PLAN_DEFAULTS["warmup_steps"])
-    if isinstance(warmup, bool) or not (isinstance(warmup, int) and warmup >= 0 or isinstance(warmup, float) and 0 <= warmup < 1):
+    if isinstance(warmup, bool) or not (
+        isinstance(warmup, int) and warmup >= 0 or isinstance(warmup, float) and 0 <= warmup < 1
+    ):
         msg = f"warmup_steps must be a number of steps (int >= 0) or a fraction of all steps in [0, 1), got {warmup!r}."
         raise ValueError(msg)
     schedule = plan_kwargs.get("schedule", PLAN_DEFAULTS["schedule"])

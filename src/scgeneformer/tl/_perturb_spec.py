@@ -199,4 +199,3 @@ def genes_param_is_all(params: Mapping) -> bool:
     """Whether stored run parameters describe a ``genes="all"`` run (also after a file round trip)."""
     genes = params.get("genes", "all")
     return isinstance(genes, str) and genes == "all"
-

@@ -78,15 +78,17 @@ def perturbation_stats(
 
     Returns
     -------
-    With ``inplace=False`` or a dict of results: a DataFrame. Columns use the perturbation table's names (``perturbed``, ``perturbed_id``, ``perturbed_token``,
-    ``affected``…); the reference's ``Shift_to_goal_end``, ``Goal_end_vs_random_pval``, ``Goal_end_FDR``,
-    ``N_Detections`` and ``Sig`` are ``shift_to_goal``, ``pval_goal``, ``fdr_goal``, ``n_detections`` and
-    ``significant`` (alternative states: ``shift_to_<state>``, ``pval_<state>``, ``fdr_<state>``);
-    ``Test_avg_shift`` is ``cosine_mean`` (mixture model) or ``test_mean`` (vs null).
+    With ``inplace=False`` or a dict of results: a DataFrame. Columns use the perturbation table's names
+    (``perturbed``, ``perturbed_id``, ``perturbed_token``, ``affected``…); the reference's ``Shift_to_goal_end``,
+    ``Goal_end_vs_random_pval``, ``Goal_end_FDR``, ``N_Detections`` and ``Sig`` are ``shift_to_goal``,
+    ``pval_goal``, ``fdr_goal``, ``n_detections`` and ``significant`` (alternative states: ``shift_to_<state>``,
+    ``pval_<state>``, ``fdr_<state>``); ``Test_avg_shift`` is ``cosine_mean`` (mixture model) or ``test_mean``
+    (vs null).
 
     Examples
     --------
-    >>> sgf.tl.perturb(adata, model, "all", states={"state_key": "condition", "start_state": "stim", "goal_state": "ctrl"})  # doctest: +SKIP
+    >>> treatment = {"state_key": "condition", "start_state": "stim", "goal_state": "ctrl"}
+    >>> sgf.tl.perturb(adata, model, "all", states=treatment)  # doctest: +SKIP
     >>> stats = sgf.tl.perturbation_stats(adata, "goal_state_shift", inplace=False)  # doctest: +SKIP
     >>> stats[stats["significant"] == 1].head()  # doctest: +SKIP
     """
