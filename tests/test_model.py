@@ -73,8 +73,12 @@ def test_save_load_roundtrip_and_corruption(tmp_path):
     np.testing.assert_array_equal(adata.obsm["X_geneformer"], adata.obsm["again"])
     with pytest.raises(ValueError, match="exists"):
         model.save(tmp_path / "saved")
-    saved = tmp_path / "saved" / "model.pt"
+    (saved,) = (tmp_path / "saved").glob("model-*.safetensors")
     saved.write_bytes(saved.read_bytes()[:1000])
+    with pytest.raises(ValueError, match="corrupted or truncated"):
+        sgf.GeneformerModel.load(tmp_path / "saved")
+    description = tmp_path / "saved" / "model.json"
+    description.write_text(description.read_text()[:50])
     with pytest.raises(ValueError, match="corrupted or truncated"):
         sgf.GeneformerModel.load(tmp_path / "saved")
 

@@ -11,6 +11,13 @@ from typing import TYPE_CHECKING
 
 from ._settings import settings
 
+try:
+    from importlib.metadata import version as _version
+
+    __version__ = _version("scgeneformer")
+except Exception:  # noqa: BLE001 - not installed (e.g. run from a source tree)
+    __version__ = "unknown"
+
 if TYPE_CHECKING:
     from . import datasets, model, pl, pp, tl
     from ._encoding import EncodingInfo

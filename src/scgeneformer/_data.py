@@ -147,3 +147,19 @@ def cell_mask(adata: AnnData, cells, *, argument: str = "cells") -> np.ndarray:
     mask = np.zeros(adata.n_obs, dtype=bool)
     mask[positions] = True
     return mask
+
+
+def writable_names(names) -> list[str]:
+    """Names usable as keys and column names in ``.h5ad`` and ``.zarr`` files, one per name, all different.
+
+    h5ad and zarr refuse ``/`` in keys; it becomes ``_`` (``"T/NK"`` → ``"T_NK"``). Names that then coincide get a
+    numeric suffix. The original names are kept as values wherever results refer to them.
+    """
+    out: list[str] = []
+    for name in names:
+        key = str(name).replace("/", "_")
+        candidate, n = key, 2
+        while candidate in out:
+            candidate, n = f"{key}_{n}", n + 1
+        out.append(candidate)
+    return out

@@ -118,7 +118,8 @@ def seed_cache(folder: str | Path) -> list[Path]:
     made on another machine. Files whose content differs from the published one are ignored.
     """
     import hashlib
-    import shutil
+
+    from ._io import copy_atomic
 
     folder = Path(folder)
     wanted = {Path(f.path).name: f for files in DICTIONARY_FILES.values() for f in files.values()}
@@ -133,7 +134,7 @@ def seed_cache(folder: str | Path) -> list[Path]:
         if hashlib.sha256(candidate.read_bytes()).hexdigest() != remote.sha256:
             logger.warning("%s differs from the published %s; not seeded.", candidate, remote.path)
             continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(candidate, target)
+        # Copied under a temporary name and renamed: another process reading the cache never sees half a file.
+        copy_atomic(candidate, target)
         seeded.append(target)
     return seeded

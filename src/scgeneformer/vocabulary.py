@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import pickle
 import re
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
@@ -12,6 +11,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from ._io import UnsafeContentError, safe_unpickle
 from ._registry import DICTIONARY_FILES, fetch
 
 if TYPE_CHECKING:
@@ -95,7 +95,17 @@ class Vocabulary:
                     msg = f"{path} is a Git LFS pointer, not the dictionary itself; fetch the real file."
                     raise ValueError(msg)
                 f.seek(0)
-                loaded[role] = pickle.load(f)
+                try:
+                    loaded[role] = safe_unpickle(f)
+                except UnsafeContentError as e:
+                    msg = f"{path}: {e}. Dictionary files hold plain dicts; this one is not loaded."
+                    raise UnsafeContentError(msg) from e
+                except ValueError as e:
+                    msg = f"{path} is not a readable dictionary file ({e})."
+                    raise ValueError(msg) from e
+                if not isinstance(loaded[role], dict):
+                    msg = f"{path} does not hold a dictionary (found {type(loaded[role]).__name__})."
+                    raise ValueError(msg)
         tokens = {str(k): int(v) for k, v in loaded["token_dictionary"].items()}
         has_cls = "<cls>" in tokens and "<eos>" in tokens
         if has_cls != (version == "V2"):

@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .._io import write_text_atomic
 from .._registry import RemoteFile, fetch
 from .._settings import HF_REVISION
 
@@ -78,7 +79,7 @@ class Checkpoint:
         weights = fetch(self.weights, base_url=base, progressbar=True)
         config_path = weights.parent / "config.json"
         if not config_path.exists():
-            config_path.write_text(json.dumps(self.config, indent=2))
+            write_text_atomic(config_path, json.dumps(self.config, indent=2))
         return weights.parent
 
 

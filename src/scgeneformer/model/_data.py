@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import lightning.pytorch as pl
 import numpy as np
 import torch
@@ -52,6 +54,10 @@ class TokenCollator(SequenceCollator):
         Number of tokens (random replacements are drawn among the genes).
     seed
         Seed of the masking.
+    fixed_masks
+        Draw each batch's masks from a generator seeded by the seed and the batch's cells, so that the same cells
+        get the same masks every time (validation, evaluation). Otherwise masks follow one generator per process,
+        whose state is saved in checkpoints (training).
     labels
         Class code of each cell (cell classification).
     token_labels
@@ -66,10 +72,12 @@ class TokenCollator(SequenceCollator):
         vocab_size: int,
         mlm_probability: float | None = None,
         seed: int = 0,
+        fixed_masks: bool = False,
         labels: np.ndarray | None = None,
         token_labels: np.ndarray | None = None,
     ) -> None:
         super().__init__(info)
+        self.fixed_masks = fixed_masks
         self.labels = labels
         self.token_labels = None if token_labels is None else torch.as_tensor(token_labels, dtype=torch.int64)
         self.mlm_probability = mlm_probability
@@ -85,8 +93,10 @@ class TokenCollator(SequenceCollator):
         if self.token_labels is not None:
             batch[GENE_LABELS] = self.token_labels[ids]  # padding (token 0) and special tokens are -100
         if self.mlm_probability:
-            if self.generator is None:  # per process: different masks on different ranks
-                self.generator = torch.Generator().manual_seed(self.seed + 7919 * world()[1])
+            if self.fixed_masks:
+                generator = torch.Generator().manual_seed(self.seed * 1_000_003 + int(cells.min()))
+            else:
+                generator = self.masking_generator()
             batch[INPUT_IDS], batch[MLM_LABELS] = mask_genes(
                 ids,
                 mask,
@@ -94,9 +104,21 @@ class TokenCollator(SequenceCollator):
                 vocab_size=self.vocab_size,
                 mask_id=self.info.mask_id,
                 probability=self.mlm_probability,
-                generator=self.generator,
+                generator=generator,
             )
         return batch
+
+    def masking_generator(self) -> torch.Generator:
+        """The masking generator of this process (different masks on different ranks)."""
+        if self.generator is None:
+            self.generator = torch.Generator().manual_seed(self.seed + 7919 * world()[1])
+        return self.generator
+
+    def for_evaluation(self) -> TokenCollator:
+        """The same collation with fixed masks, for validation and evaluation batches."""
+        clone = copy.copy(self)
+        clone.fixed_masks, clone.generator = True, None
+        return clone
 
 
 class TokenDataModule(pl.LightningDataModule):
@@ -135,7 +157,20 @@ class TokenDataModule(pl.LightningDataModule):
         self.train_idx, self.val_idx, self.test_idx = split
         self.n_train, self.n_val = len(self.train_idx), len(self.val_idx)
 
-    def _loader(self, cells: np.ndarray, *, shuffle: bool):
+    def state_dict(self) -> dict:
+        """What Lightning saves in checkpoints: the masking generator's state.
+
+        A resumed run then masks like an uninterrupted one (the batch order follows the epoch, which Lightning
+        restores itself).
+        """
+        return {"masking_rng": self.collator.masking_generator().get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict` (called by Lightning when resuming from a checkpoint)."""
+        if "masking_rng" in state:
+            self.collator.masking_generator().set_state(state["masking_rng"])
+
+    def _loader(self, cells: np.ndarray, *, shuffle: bool, collator: TokenCollator | None = None):
         sampler = LengthGroupedBatchSampler(
             cells,
             self.info.lengths[cells],
@@ -145,14 +180,16 @@ class TokenDataModule(pl.LightningDataModule):
             seed=self.seed,
         )
         return torch.utils.data.DataLoader(
-            CellPositions(self.info.n_cells), batch_sampler=sampler, collate_fn=self.collator
+            CellPositions(self.info.n_cells), batch_sampler=sampler, collate_fn=collator or self.collator
         )
 
     def train_dataloader(self):
         return self._loader(self.train_idx, shuffle=True)
 
     def val_dataloader(self):
-        return self._loader(self.val_idx, shuffle=False) if self.n_val else []
+        if not self.n_val:
+            return []
+        return self._loader(self.val_idx, shuffle=False, collator=self.collator.for_evaluation())
 
     def test_dataloader(self):
-        return self._loader(self.test_idx, shuffle=False)
+        return self._loader(self.test_idx, shuffle=False, collator=self.collator.for_evaluation())

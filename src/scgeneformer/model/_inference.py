@@ -243,7 +243,7 @@ class InferenceMixin:
         execution = Execution.coerce(execution)
         device = execution.device
         collator = TokenCollator(
-            info, vocab_size=self.module.config.vocab_size, mlm_probability=mlm_probability, seed=seed
+            info, vocab_size=self.module.config.vocab_size, mlm_probability=mlm_probability, seed=seed, fixed_masks=True
         )
         empty = cells[:0]
         loader = TokenDataModule(

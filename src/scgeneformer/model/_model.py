@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import copy
-import logging
 import os
-import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -96,6 +94,7 @@ class GeneformerModel(InferenceMixin, BaseModelClass):
             special_tokens=vocabulary == "V2",
             n_gene_classes=None if gene_classes is None else len(gene_classes),
         )
+        self.module.eval()  # inference mode until trained: no dropout
         self.classes = None if classes is None else list(classes)
         self.gene_classes = None if gene_classes is None else list(gene_classes)
         self.vocabulary_version = vocabulary
@@ -206,7 +205,7 @@ class GeneformerModel(InferenceMixin, BaseModelClass):
                 )
                 raise FileNotFoundError(msg)
             label = str(folder)
-        hf_model = load_hf_weights(folder)
+        hf_model = load_hf_weights(folder, vocabulary)
         bert_config = plain_config(hf_model.config)
         with torch.device("meta"):  # skip the random initialisation that the weights replace anyway
             model = cls(adata, bert_config=bert_config, vocabulary=vocabulary, checkpoint=label)
@@ -214,33 +213,74 @@ class GeneformerModel(InferenceMixin, BaseModelClass):
         model.module.eval()
         return model
 
+    def save(
+        self,
+        dir_path: str | os.PathLike,
+        prefix: str | None = None,
+        overwrite: bool = False,
+        save_anndata: bool = False,
+        **anndata_write_kwargs,
+    ) -> None:
+        """Save the model: weights as safetensors and everything else as JSON, written atomically.
+
+        Killing the process at any moment leaves the previous model (or the new one) loadable; nothing written can
+        run code when loaded. See the "Data safety" page of the documentation.
+
+        Parameters
+        ----------
+        dir_path
+            Folder to save into (created if needed).
+        prefix
+            Prefix of the file names, to keep several models in one folder.
+        overwrite
+            Replace a model saved there before.
+        save_anndata
+            Also write the model's data as ``adata.h5ad`` (``mdata.h5mu`` for MuData).
+        **anndata_write_kwargs
+            Arguments of ``write_h5ad``.
+
+        Examples
+        --------
+        >>> model.save("my_classifier")  # doctest: +SKIP
+        """
+        from .._io import atomic_path
+        from ._saving import save_model
+
+        prefix = prefix or ""
+        save_model(self, dir_path, overwrite=overwrite, prefix=prefix)
+        if save_anndata and self.adata is not None:
+            name = "mdata.h5mu" if type(self.adata).__name__ == "MuData" else "adata.h5ad"
+            with atomic_path(Path(dir_path) / f"{prefix}{name}") as temporary:
+                self.adata.write(temporary, **anndata_write_kwargs)
+
     @classmethod
-    def load(cls, dir_path: str, adata: AnnData | None = None, **kwargs) -> GeneformerModel:
-        """Load a model saved with :meth:`save`; a corrupted or truncated file gives a clear error.
+    def load(
+        cls, dir_path: str | os.PathLike, adata: AnnData | None = None, *, prefix: str | None = None
+    ) -> GeneformerModel:
+        """Load a model saved with :meth:`save`, on the CPU; set up on ``adata`` when given.
+
+        Only JSON and safetensors are read (pickled ``model.pt`` files are refused: loading them could run code).
+        A folder saved with ``save_anndata=True`` brings its data back too. Corrupted or incomplete folders, and
+        Hugging Face folders (load those with :meth:`from_pretrained`), give a clear error.
 
         Examples
         --------
         >>> model.save("my_classifier")  # doctest: +SKIP
         >>> model = sgf.GeneformerModel.load("my_classifier")  # doctest: +SKIP
         """
-        path = Path(dir_path)
-        scvi_logger = logging.getLogger("scvi")
-        level = scvi_logger.level
-        # scvi-tools logs "File <path>/model.pt already downloaded" at INFO on every load: noise, not news.
-        scvi_logger.setLevel(max(level, logging.WARNING))
-        try:
-            with warnings.catch_warnings():
-                # A foundation model is applied to data with other genes than it was saved with: expected.
-                warnings.filterwarnings("ignore", message=".*var_names for adata passed in does not match.*")
-                warnings.filterwarnings("ignore", message=".*Model will be loaded without anndata.*")
-                return super().load(str(path), adata=adata, **kwargs)
-        except FileNotFoundError:
-            raise
-        except Exception as e:
-            msg = f"Could not load a GeneformerModel from {path}: the saved file is corrupted or truncated ({e})."
-            raise ValueError(msg) from e
-        finally:
-            scvi_logger.setLevel(level)
+        from ._saving import load_model
+
+        prefix = prefix or ""
+        folder = Path(dir_path)
+        if adata is None and (folder / f"{prefix}adata.h5ad").is_file():
+            import anndata
+
+            adata = anndata.read_h5ad(folder / f"{prefix}adata.h5ad")
+        elif adata is None and (folder / f"{prefix}mdata.h5mu").is_file():
+            import mudata
+
+            adata = mudata.read_h5mu(folder / f"{prefix}mdata.h5mu")
+        return load_model(cls, folder, adata, prefix=prefix)
 
     def copy(self, adata: AnnData | None = None, *, encoding_key: str | None = None) -> GeneformerModel:
         """An independent copy of the model (weights, heads, vocabulary), set up on ``adata`` or on no data.
@@ -514,7 +554,7 @@ class GeneformerModel(InferenceMixin, BaseModelClass):
         trainer_kwargs.setdefault("gradient_clip_val", 1.0)
         if data.n_val:
             trainer_kwargs.setdefault("check_val_every_n_epoch", 1)
-        was_trained = self.is_trained_
+        was_trained, was_training = self.is_trained_, self.module.training
         if not self.history_:
             # scvi-tools extends an existing history only; a model's first training records a fresh one
             self.is_trained_ = False
@@ -534,7 +574,7 @@ class GeneformerModel(InferenceMixin, BaseModelClass):
             self.is_trained_ = was_trained
             raise
         finally:
-            self.module.eval()
+            self.module.train(was_training)
         self.checkpoint = f"{self.checkpoint} + {task.stage}" if self.checkpoint else task.stage
         # Saved with the model, so that a loaded model still says where its weights came from.
         self.init_params_["non_kwargs"]["checkpoint"] = self.checkpoint

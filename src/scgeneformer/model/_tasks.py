@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from ._module import classification_head
 from ._training import ClassifierTrainingPlan, GeneformerTrainingPlan

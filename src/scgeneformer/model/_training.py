@@ -69,6 +69,19 @@ class GeneformerTrainingPlan(TrainingPlan):
                     sync_dist=self.use_sync_dist,
                 )
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Keep the random state of dropout, so that a resumed run continues like an uninterrupted one."""
+        checkpoint["sgf_torch_rng"] = torch.get_rng_state()
+        if torch.cuda.is_available():
+            checkpoint["sgf_cuda_rng"] = torch.cuda.get_rng_state_all()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Restore what :meth:`on_save_checkpoint` kept."""
+        if "sgf_torch_rng" in checkpoint:
+            torch.set_rng_state(checkpoint["sgf_torch_rng"])
+        if "sgf_cuda_rng" in checkpoint and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(checkpoint["sgf_cuda_rng"])
+
     def configure_optimizers(self):
         decay, no_decay = [], []
         for parameter in self.module.parameters():

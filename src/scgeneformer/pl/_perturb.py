@@ -28,7 +28,7 @@ def _effect(results: dict) -> tuple[pd.DataFrame, str, str]:
     states = GoalStates.from_params(results.get("params", {}).get("states"))
     if states is not None:
         goal = states.goal_state
-        rows["effect"] = rows[f"shift_{goal}"].astype(np.float64)
+        rows["effect"] = rows[states.column(goal)].astype(np.float64)
         return rows, f"shift toward {goal}", "goal"
     rows["effect"] = 1.0 - rows["cosine"].astype(np.float64)
     return rows, "1 - cosine similarity (perturbed vs original)", "cosine"

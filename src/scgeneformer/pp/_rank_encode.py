@@ -90,7 +90,8 @@ def rank_encode(
         Threads encoding chunks in parallel; ``None`` uses every available core.
     ranks_file
         Backed AnnData only: the HDF5 file receiving the rank layer, which then stays on disk so memory does not
-        grow with the number of cells. By default the backing file itself when it was opened with ``backed="r+"``,
+        grow with the number of cells. By default the backing file itself when it was opened with ``backed="r+"``
+        (the other keys are then written into the file too, which reopens encoded; no ``adata.write()`` is needed),
         else ``<file>.<key_added>_ranks.h5`` beside it (a read-only file is never modified).
     copy
         Return an encoded copy instead of writing into ``data``.
@@ -116,8 +117,20 @@ def rank_encode(
     if adata.is_view:
         msg = "rank_encode cannot write into a view of an AnnData; call `.copy()` on it first."
         raise ValueError(msg)
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int | np.integer) or chunk_size < 1:
+        msg = f"chunk_size must be a positive number of cells, got {chunk_size!r}."
+        raise ValueError(msg)
+    if adata.n_obs == 0 or adata.n_vars == 0:
+        msg = f"The data have {adata.n_obs} cells and {adata.n_vars} genes: there is nothing to encode."
+        raise ValueError(msg)
     vocab = get_vocabulary(vocabulary)
     matrix = get_matrix(adata, layer)
+    if getattr(matrix, "dtype", None) == np.float16:
+        msg = (
+            "The count matrix is float16, which cannot hold counts above 2,048 exactly; convert it first, e.g. "
+            "`adata.X = adata.X.astype(np.float32)`."
+        )
+        raise TypeError(msg)
     gene_ids = _gene_ids(adata, gene_id_key)
     plan = GenePlan.build(gene_ids, vocab, reference_quirks=reference_quirks)
     n_mapped = int((plan.var_token >= 0).sum())
@@ -135,8 +148,7 @@ def rank_encode(
         )
     passes_filter = np.ones(adata.n_obs, dtype=bool)
     if filter_key is not None:
-        flags = _obs_column(adata, filter_key, argument="filter_key", kinds="biuf", expected="boolean or 0/1")
-        passes_filter = flags == 1
+        passes_filter = _filter_flags(adata, filter_key)
     if reference_quirks and user_n_counts is None:
         logger.info("reference_quirks without n_counts_key: using the total counts over all genes as n_counts.")
 
@@ -211,8 +223,48 @@ def rank_encode(
         "n_cells_filtered": int((~passes_filter).sum()),
         "n_cells_truncated": n_truncated,
     }
+    if sink.in_backing_file:
+        _persist_in_backing_file(adata)
     logger.info("rank_encode: %d cells in %.2f s", adata.n_obs, time.perf_counter() - start_time)
     return data if copy else None
+
+
+def _persist_in_backing_file(adata: AnnData) -> None:
+    """Write obs, var and uns into the file of an AnnData opened with ``backed="r+"``, beside its rank layer.
+
+    The file is then encoded as it is: reopening it (backed or in memory) gives the encoded data. anndata's
+    ``adata.write()`` is not needed (and cannot rewrite a layer that is read from the same file).
+    """
+    from anndata.io import write_elem
+
+    handle = adata.file._file
+    for name, value in (("obs", adata.obs), ("var", adata.var), ("uns", dict(adata.uns))):
+        write_elem(handle, name, value)
+    handle.flush()
+    logger.info("rank_encode: the encoding was written into %s", adata.filename)
+
+
+def _filter_flags(adata: AnnData, key: str) -> np.ndarray:
+    """Cells passing ``obs[key]``: booleans (nullable ones: missing fails) or 0/1 numbers."""
+    import pandas as pd
+
+    if key not in adata.obs.columns:
+        msg = f"filter_key {key!r} is not an .obs column; available: {list(adata.obs.columns)}."
+        raise KeyError(msg)
+    column = adata.obs[key]
+    if pd.api.types.is_bool_dtype(column.dtype):
+        return column.fillna(False).to_numpy(dtype=bool)
+    if pd.api.types.is_numeric_dtype(column.dtype) and not isinstance(column.dtype, pd.CategoricalDtype):
+        values = column.to_numpy(dtype=np.float64, na_value=np.nan)
+        if not np.isin(values[~np.isnan(values)], (0, 1)).all():
+            msg = f"filter_key column obs[{key!r}] must hold booleans or 0/1, found other numbers."
+            raise ValueError(msg)
+        return values == 1
+    msg = (
+        f"filter_key column obs[{key!r}] has dtype {column.dtype}; it must be boolean (or 0/1). Strings such as "
+        f"'True'/'False' are not converted for you: pass e.g. `adata.obs[{key!r}] = adata.obs[{key!r}] == 'True'`."
+    )
+    raise TypeError(msg)
 
 
 def _kept_ranks(ranked, plan: GenePlan, max_genes: int, *, n_vars: int) -> sp.csr_matrix:
@@ -321,6 +373,8 @@ class _RankSink:
         self.dataset = None
         self.parts: list[sp.csr_matrix] = []
         self.capacity = capacity
+        self.in_backing_file = False
+        self.side_file: tuple[Path, Path] | None = None
         if capacity is not None:
             self.data = np.empty(capacity, dtype=np.int16)
             self.indices = np.empty(capacity, dtype=np.int32)
@@ -333,18 +387,24 @@ class _RankSink:
             import h5py
 
             if ranks_file is None and getattr(adata.file, "_filemode", None) == "r+":
-                return cls(adata.n_vars, group=adata.file._file, final_name=f"layers/{name}")
+                sink = cls(adata.n_vars, group=adata.file._file, final_name=f"layers/{name}")
+                sink.in_backing_file = True
+                return sink
             path = Path(ranks_file) if ranks_file is not None else Path(adata.filename).with_suffix(f".{name}.h5")
+            # Written under a temporary name and renamed once complete (see finish).
+            temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
             try:
-                handle = h5py.File(path, "a")
+                handle = h5py.File(temporary, "w")
             except OSError as e:
                 msg = (
-                    f"Cannot write the rank layer of this backed AnnData to {path} ({e}). Open the file with "
+                    f"Cannot write the rank layer of this backed AnnData beside {path} ({e}). Open the file with "
                     "backed='r+' to store it inside, or pass `ranks_file=` with a writable path."
                 )
                 raise OSError(msg) from e
             logger.info("rank layer of the backed AnnData is written to %s", path)
-            return cls(adata.n_vars, group=handle, final_name=name)
+            sink = cls(adata.n_vars, group=handle, final_name=name)
+            sink.side_file = (temporary, path)
+            return sink
         upper_bound = min(_stored_entries(matrix), adata.n_obs * max_genes)
         return cls(adata.n_vars, capacity=upper_bound if upper_bound < 2**31 else None)
 
@@ -371,7 +431,10 @@ class _RankSink:
             self.dataset.append(chunk)
 
     def discard(self) -> None:
-        if self.group is not None and self.name in self.group:
+        if self.side_file is not None:
+            self.group.close()
+            self.side_file[0].unlink(missing_ok=True)
+        elif self.group is not None and self.name in self.group:
             del self.group[self.name]
 
     def finish(self):
@@ -382,6 +445,13 @@ class _RankSink:
             if self.final_name in self.group:
                 del self.group[self.final_name]
             self.group.move(self.name, self.final_name)
+            if self.side_file is not None:
+                import h5py
+
+                temporary, path = self.side_file
+                self.group.close()
+                os.replace(temporary, path)
+                self.group = h5py.File(path, "r")
             return sparse_dataset(self.group[self.final_name])
         if self.capacity is None or self.parts:
             return _stack_rows(self._as_parts(), self.n_vars)

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .._data import resolve_adata
+from .._data import resolve_adata, writable_names
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -55,7 +55,7 @@ def annotate(
     ``.obs[f"{key_added}_probability"]``
         Its probability.
     ``.obsm[f"{key_added}_probabilities"]``
-        A DataFrame of every class's probability.
+        A DataFrame of every class's probability (a ``/`` in a class name becomes ``_`` in its column name).
     ``.uns[key_added]``
         Parameters and classes.
 
@@ -80,7 +80,8 @@ def annotate(
     best = np.full(adata.n_obs, np.nan, dtype=np.float32)
     best[encoded] = values[encoded].max(1)
     adata.obs[f"{key_added}_probability"] = best
-    adata.obsm[f"{key_added}_probabilities"] = probabilities
+    # class names with "/" cannot be column names in h5ad/zarr files; uns[key_added]["classes"] keeps them as they are
+    adata.obsm[f"{key_added}_probabilities"] = probabilities.set_axis(writable_names(classes), axis=1)
     adata.uns[key_added] = {
         "params": {"model": model.checkpoint or "", "encoding_key": encoding_key},
         "classes": classes,

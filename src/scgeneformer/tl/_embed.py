@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from .._data import cell_mask, resolve_adata
+from .._data import cell_mask, resolve_adata, writable_names
 from .._settings import logger
 
 if TYPE_CHECKING:
@@ -224,7 +224,7 @@ def state_embeddings(
     table.columns = table.columns.astype(str)
     if not inplace:
         return table
-    adata.uns[key_added or f"{groupby}_geneformer_states"] = {
+    adata.uns[key_added or writable_names([f"{groupby}_geneformer_states"])[0]] = {
         "params": {"groupby": groupby, "summary": summary, "layer": layer, "pooling": pooling},
         "embeddings": table,
     }

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .._data import resolve_adata
+from .._data import resolve_adata, writable_names
 from .._execution import Execution
 from ..model import GeneLabels
 
@@ -82,7 +82,7 @@ def classify_genes(
     occurrences = info.token_occurrences(cells)
     in_vocabulary = token >= 0
     n_cells[in_vocabulary] = occurrences[token[in_vocabulary]]
-    for i, name in enumerate(classes):
+    for i, name in enumerate(writable_names(classes)):  # "/" in a class name becomes "_" in its column name
         adata.var[f"{key_added}_{name}"] = values[:, i]
     seen = ~np.isnan(values).any(1)
     codes = np.full(adata.n_vars, -1)

@@ -169,7 +169,6 @@ def perturb(
     start_time = time.perf_counter()
     adata = resolve_adata(data, mod)
     info = model.encoding_info(adata, encoding_key=encoding_key)
-    vocab = _resolve_vocabulary(vocabulary, model)
     special = info.has_special_tokens
     if cell_cosine not in ("pooled", "gene_mean"):
         msg = f"cell_cosine must be 'pooled' or 'gene_mean', got {cell_cosine!r}."
@@ -179,12 +178,26 @@ def perturb(
         msg = f"pooling must be 'mean' or (V2 models only) 'cls', got {pooling!r}."
         raise ValueError(msg)
     n_run = model.hidden_state_index(layer)
-    tokens = _resolve_genes(genes, adata, info, vocab)
-    anchor = None if anchor_gene is None else _resolve_genes([anchor_gene], adata, info, vocab)[0]
-    spec = PerturbationSpec(perturbation, tokens, anchor, rank_shift, reference_quirks)
+    if max_cells is not None and (
+        isinstance(max_cells, bool) or not isinstance(max_cells, int | np.integer) or max_cells < 1
+    ):
+        msg = f"max_cells must be a positive integer or None (all eligible cells), got {max_cells!r}."
+        raise ValueError(msg)
+    if not adata.obs_names.is_unique:
+        duplicated = adata.obs_names[adata.obs_names.duplicated()].unique()[:5].tolist()
+        msg = (
+            f"The results name cells by obs name, but obs names repeat (e.g. {duplicated}); call "
+            "`adata.obs_names_make_unique()` first."
+        )
+        raise ValueError(msg)
+    PerturbationSpec(perturbation, rank_shift=rank_shift)  # validates both before anything is loaded
     goal = GoalStates.coerce(states)
     if goal is not None:
         _check_states(adata, info, goal)
+    vocab = _resolve_vocabulary(vocabulary, model)  # may download the published dictionaries: after cheap checks
+    tokens = _resolve_genes(genes, adata, info, vocab)
+    anchor = None if anchor_gene is None else _resolve_genes([anchor_gene], adata, info, vocab)[0]
+    spec = PerturbationSpec(perturbation, tokens, anchor, rank_shift, reference_quirks)
     execution = Execution.coerce(execution)
 
     selected = _select_cells(adata, info, cells, goal, spec, max_cells, random_state)
@@ -214,8 +227,8 @@ def perturb(
         results = list(run_perturbations(module, _recording(jobs, labels), engine, progress=bar))
 
     quirk_labels = reference_quirks and tokens is None and perturbation == "overexpress"
-    state_names = [] if goal is None else goal.names
-    tables = _tables(adata, selected, labels, results, vocab, state_names, shift_labels=quirk_labels)
+    state_columns = [] if goal is None else goal.columns
+    tables = _tables(adata, selected, labels, results, vocab, state_columns, shift_labels=quirk_labels)
     params = spec.to_params() | {
         "pooling": pooling,
         "cell_cosine": cell_cosine if pooling == "mean" else "cls",
@@ -254,6 +267,9 @@ def _resolve_vocabulary(vocabulary, model) -> Vocabulary:
 
 def _resolve_genes(genes, adata: AnnData, info: EncodingInfo, vocab: Vocabulary) -> tuple[int, ...] | None:
     """Token ids of the requested genes (``None`` for ``"all"``); unknown genes are an error."""
+    if genes is None or not (isinstance(genes, str) or np.iterable(genes)):
+        msg = f"genes must be 'all', a gene, or a list of genes, got {genes!r}."
+        raise TypeError(msg)
     if isinstance(genes, str):
         if genes == "all":
             return None
@@ -292,6 +308,16 @@ def _check_states(adata, info, goal: GoalStates) -> None:
     values = adata.obs[goal.state_key].astype(object).to_numpy()
     encoded = info.lengths > 0
     missing = [s for s in goal.names if not (encoded & (values == s)).any()]
+    present = set(values[encoded].tolist())
+    by_text = {str(v): v for v in present}
+    retyped = [s for s in missing if str(s) in by_text]
+    if retyped:
+        examples = ", ".join(f"{s!r} → {by_text[str(s)]!r}" for s in retyped)
+        msg = (
+            f"obs[{goal.state_key!r}] holds {type(next(iter(present))).__name__} values, not strings: pass the states "
+            f"with that type ({examples})."
+        )
+        raise ValueError(msg)
     if missing:
         msg = (
             f"No encoded cells have {goal.state_key} in {missing}; values present: "
@@ -408,7 +434,7 @@ def _recording(jobs, labels: list) -> Iterator:
 
 
 # -- result tables ------------------------------------------------------------------------------------------------
-def _tables(adata, selected, labels, results, vocab: Vocabulary, state_names, *, shift_labels: bool) -> dict:
+def _tables(adata, selected, labels, results, vocab: Vocabulary, state_columns, *, shift_labels: bool) -> dict:
     import pandas as pd
 
     job = np.concatenate([r.job for r in results]) if results else np.empty(0, dtype=np.int64)
@@ -417,7 +443,7 @@ def _tables(adata, selected, labels, results, vocab: Vocabulary, state_names, *,
     job, k = job[order], k[order]
     cosine = np.concatenate([r.cosine for r in results])[order] if results else np.empty(0, dtype=np.float32)
     shifts = None
-    if state_names:
+    if state_columns:
         shifts = np.concatenate([r.shifts for r in results])[order]
 
     # perturbation labels → codes of unique labels
@@ -450,8 +476,8 @@ def _tables(adata, selected, labels, results, vocab: Vocabulary, state_names, *,
             "cosine": cosine,
         }
     )
-    for i, name in enumerate(state_names):
-        cell_rows[f"shift_{name}"] = shifts[:, i]
+    for i, column in enumerate(state_columns):
+        cell_rows[column] = shifts[:, i]
 
     table = cell_rows
     gene_results = [r for r in results if r.gene_job is not None]
@@ -484,31 +510,31 @@ def _tables(adata, selected, labels, results, vocab: Vocabulary, state_names, *,
                 "cosine": g_cos,
             }
         )
-        for name in state_names:
-            gene_rows[f"shift_{name}"] = np.float32(np.nan)
+        for column in state_columns:
+            gene_rows[column] = np.float32(np.nan)
         # each perturbation's cell row, then its gene rows
         keys = np.r_[cell_keys, gene_keys]
         table = pd.concat([cell_rows, gene_rows], ignore_index=True)
         for column in ("cell", "perturbed", "perturbed_id", "perturbed_token", "affected", "affected_id"):
             table[column] = table[column].astype("category")
         table = table.iloc[np.argsort(keys, kind="stable")].reset_index(drop=True)
-    return {"cells": table, "genes": summarize(cell_rows, state_names)}
+    return {"cells": table, "genes": summarize(cell_rows, state_columns)}
 
 
-def summarize(cell_rows: pd.DataFrame, state_names: Sequence[str]) -> pd.DataFrame:
+def summarize(cell_rows: pd.DataFrame, state_columns: Sequence[str]) -> pd.DataFrame:
     """Per-perturbation summary of the cell rows of a perturbation table."""
     import pandas as pd
 
     rows = cell_rows[cell_rows["affected"] == "cell"]
     keys = ["perturbed", "perturbed_id", "perturbed_token"]
     aggregations = {"n_cells": ("cosine", "size"), "cosine_mean": ("cosine", "mean")}
-    for name in state_names:
-        aggregations[f"shift_{name}_mean"] = (f"shift_{name}", "mean")
+    for column in state_columns:
+        aggregations[f"{column}_mean"] = (column, "mean")
     summary = rows.groupby(keys, observed=True, sort=False).agg(**aggregations).reset_index()
     for column in keys:
         summary[column] = summary[column].astype(str)
-    if len(state_names) > 1:
-        summary = summary.sort_values(f"shift_{state_names[1]}_mean", ascending=False, kind="stable")
+    if len(state_columns) > 1:
+        summary = summary.sort_values(f"{state_columns[1]}_mean", ascending=False, kind="stable")
     else:
         summary = summary.sort_values("cosine_mean", kind="stable")
     return pd.DataFrame(summary).reset_index(drop=True)

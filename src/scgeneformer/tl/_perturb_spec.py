@@ -8,6 +8,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from .._data import writable_names
+
 Perturbation = Literal["delete", "overexpress", "inhibit", "activate"]
 PERTURBATIONS = ("delete", "overexpress", "inhibit", "activate")
 
@@ -67,6 +69,20 @@ class GoalStates:
     def names(self) -> list:
         """The states in reporting order: start, goal, alternatives."""
         return [self.start_state, self.goal_state, *self.alt_states]
+
+    @property
+    def keys(self) -> list[str]:
+        """Each state's name as used in column names (``/`` replaced, see :func:`writable_names`)."""
+        return writable_names(self.names)
+
+    def column(self, state) -> str:
+        """The results column holding the shifts toward ``state`` (``shift_<key>``)."""
+        return f"shift_{self.keys[[str(n) for n in self.names].index(str(state))]}"
+
+    @property
+    def columns(self) -> list[str]:
+        """The shift columns of all states, in reporting order."""
+        return [f"shift_{key}" for key in self.keys]
 
     @classmethod
     def coerce(cls, value: GoalStates | Mapping | None) -> GoalStates | None:

@@ -110,7 +110,7 @@ def perturbation_stats(
             msg = "vs_null needs the results of a null run: pass null=."
             raise ValueError(msg)
         null_results, _ = perturbation_results(null, key, mod)
-        column = value or (f"shift_{states.goal_state}" if states is not None else "cosine")
+        column = value or (states.column(states.goal_state) if states is not None else "cosine")
         null_cells = null_results["cells"]
         out = vs_null(cell_rows, null_cells[null_cells["affected"] == "cell"], column, alpha=alpha)
     elif mode == "mixture_model":
@@ -188,8 +188,9 @@ def goal_state_shift(
 
     from scipy.stats import ranksums
 
-    goal, alts = states.goal_state, list(states.alt_states)
-    genes, goal_values = _by_gene(cell_rows, f"shift_{goal}")
+    # alternative states by their column key (state names with "/" are written with "_")
+    alts = states.keys[2:]
+    genes, goal_values = _by_gene(cell_rows, states.column(states.goal_state))
     alt_values = {alt: _by_gene(cell_rows, f"shift_{alt}")[1] for alt in alts}
     genes["shift_to_goal"] = [v.mean() for v in goal_values]
     for alt in alts:
