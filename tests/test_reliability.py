@@ -173,7 +173,8 @@ def test_incomplete_or_mismatched_weights_are_errors(tmp_path):
         sgf.GeneformerModel.from_pretrained(folder, vocabulary="V2")
     partial = hf_folder(tmp_path, vocab, "partial")
     state = load_file(partial / "model.safetensors")
-    save_file({k: v for k, v in state.items() if "layer.1.attention.self.query" not in k}, partial / "model.safetensors")
+    without_query = {k: v for k, v in state.items() if "layer.1.attention.self.query" not in k}
+    save_file(without_query, partial / "model.safetensors")
     with pytest.raises(ValueError, match=r"incomplete: missing bert\.encoder\.layer\.1\.attention\.self\.query"):
         sgf.GeneformerModel.from_pretrained(partial, vocabulary="V2")
     with pytest.raises(ValueError, match="num_hidden_layers is 6 but the weights hold 2"):
@@ -350,7 +351,8 @@ def test_clear_errors_for_bad_input(tmp_path, perturb_setup):
         sgf.tl.perturb(adata, model, "all", cells=[], vocabulary=vocab)
     adata.obs["group"] = np.arange(adata.n_obs) % 2
     with pytest.raises(ValueError, match="holds int values, not strings.*'1' → 1"):
-        sgf.tl.perturb(adata, model, states={"state_key": "group", "start_state": "1", "goal_state": "0"}, vocabulary=vocab)
+        states = {"state_key": "group", "start_state": "1", "goal_state": "0"}
+        sgf.tl.perturb(adata, model, states=states, vocabulary=vocab)
 
 
 # -- 8. resume is exact ------------------------------------------------------------------------------------------------
@@ -391,7 +393,7 @@ def test_a_killed_and_resumed_training_equals_an_uninterrupted_one(tmp_path):
     assert torch.equal(weights_of(resumed), weights_of(uninterrupted))
 
 
-# -- 9. the shared cache is race-free ------------------------------------------------------------------------------------
+# -- 9. the shared cache is race-free ---------------------------------------------------------------------------
 def test_seeding_the_cache_never_shows_a_partial_file(tmp_path, isolated_settings, monkeypatch):
     import hashlib
 
