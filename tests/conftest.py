@@ -9,7 +9,7 @@ def _quiet_progress_bars():
     """No progress bars in test output (``sgf.settings.progress_bar``), restored afterwards."""
     import scgeneformer as sgf
 
-    before = sgf.settings.progress_bar
+    before = sgf.settings._progress_bar
     sgf.settings.progress_bar = False
     yield
     sgf.settings.progress_bar = before

@@ -39,8 +39,8 @@ def main(output: Path) -> None:
     sgf.tl.embed(adata, model, execution=quiet, key_added="local")
     np.save(output.with_name(f"weights_rank{rank}.npy"), weights.numpy())
     if rank == 0:
-        np.save(output.with_name("ddp.npy"), adata.obsm["ddp"])
-        np.save(output.with_name("local.npy"), adata.obsm["local"])
+        np.save(output.with_name("ddp.npy"), adata.obsm["X_ddp"])
+        np.save(output.with_name("local.npy"), adata.obsm["X_local"])
         history = {k: v.values.ravel().tolist() for k, v in model.history_.items() if k.startswith("train_loss")}
         output.write_text(json.dumps({"world": world, "history": history}))
 

@@ -204,3 +204,20 @@ def encode_golden_input(name: str, version: str, **kwargs) -> ad.AnnData:
             **options,
         )
     return adata
+
+
+def write_vocabulary_folder(folder: Path, vocab: Vocabulary) -> Path:
+    """Write a vocabulary's four dictionaries as pickles under their upstream names (a dictionary folder)."""
+    import pickle
+
+    corpus = "gc104M" if vocab.version == "V2" else "gc30M"
+    folder.mkdir(parents=True)
+    names = {
+        "token_dictionary": vocab.token_dictionary,
+        "gene_median_dictionary": vocab.gene_medians,
+        "gene_name_id_dict": vocab.gene_name_id,
+        "ensembl_mapping_dict": vocab.ensembl_mapping,
+    }
+    for role, content in names.items():
+        (folder / f"{role}_{corpus}.pkl").write_bytes(pickle.dumps(content))
+    return folder

@@ -36,7 +36,7 @@ def test_layers_and_pooling_match_plain_transformers(setup, layer, n_hidden):
         for i in (0, 5, 17):
             expected = reference_embedding(model, sequences[i], n_hidden, pooling, vocab.has_special_tokens)
             np.testing.assert_allclose(adata.obsm["X_geneformer"][i], expected, atol=1e-5)
-    assert adata.uns["X_geneformer"]["params"]["hidden_state"] == n_hidden
+    assert adata.uns["geneformer_embed"]["params"]["hidden_state"] == n_hidden
 
 
 def test_batch_composition_does_not_change_embeddings(setup):
@@ -44,11 +44,11 @@ def test_batch_composition_does_not_change_embeddings(setup):
     sgf.tl.embed(adata, model, execution={"token_budget": 10**6}, key_added="big")
     sgf.tl.embed(adata, model, execution={"token_budget": 1}, key_added="single")
     sgf.tl.embed(adata, model, execution=sgf.Execution(batch_size=3), key_added="three")
-    np.testing.assert_allclose(adata.obsm["big"], adata.obsm["single"], atol=1e-5)
-    np.testing.assert_allclose(adata.obsm["big"], adata.obsm["three"], atol=1e-5)
+    np.testing.assert_allclose(adata.obsm["X_big"], adata.obsm["X_single"], atol=1e-5)
+    np.testing.assert_allclose(adata.obsm["X_big"], adata.obsm["X_three"], atol=1e-5)
     subset = adata[[3, 1, 20]].copy()
     sgf.tl.embed(subset, model)
-    np.testing.assert_allclose(subset.obsm["X_geneformer"], adata.obsm["big"][[3, 1, 20]], atol=1e-5)
+    np.testing.assert_allclose(subset.obsm["X_geneformer"], adata.obsm["X_big"][[3, 1, 20]], atol=1e-5)
 
 
 def test_gene_embeddings_average_over_cells(setup):
@@ -63,13 +63,13 @@ def test_gene_embeddings_average_over_cells(setup):
             hidden = model.module.mlm.bert(input_ids=torch.as_tensor(seq)[None].long(), output_hidden_states=True)
         positions = np.flatnonzero(seq == token)
         states += [hidden.hidden_states[2][0, p].numpy() for p in positions]
-    np.testing.assert_allclose(adata.varm["X_geneformer"][gene_col], np.mean(states, 0), atol=1e-5)
-    assert adata.var["X_geneformer_n_cells"].iloc[gene_col] == len(states)
-    assert np.isnan(adata.varm["X_geneformer"][-1]).all()  # a gene outside the vocabulary
+    np.testing.assert_allclose(adata.varm["geneformer_genes"][gene_col], np.mean(states, 0), atol=1e-5)
+    assert adata.var["geneformer_genes_n_cells"].iloc[gene_col] == len(states)
+    assert np.isnan(adata.varm["geneformer_genes"][-1]).all()  # a gene outside the vocabulary
     adata.obs["first_half"] = np.arange(adata.n_obs) < adata.n_obs // 2
     sgf.tl.embed(adata, model, gene_embeddings=True, gene_embedding_cells="first_half", key_added="h")
-    assert (adata.var["h_n_cells"] <= adata.var["X_geneformer_n_cells"]).all()
-    assert adata.var["h_n_cells"].sum() < adata.var["X_geneformer_n_cells"].sum()
+    assert (adata.var["h_genes_n_cells"] <= adata.var["geneformer_genes_n_cells"]).all()
+    assert adata.var["h_genes_n_cells"].sum() < adata.var["geneformer_genes_n_cells"].sum()
 
 
 def test_state_embeddings(setup):
@@ -120,5 +120,5 @@ def test_unencoded_cells_get_nan_and_copy_and_mudata(vocab_v2):
     emb = out.obsm["X_geneformer"]
     assert np.isnan(emb[2]).all() and not np.isnan(np.delete(emb, 2, axis=0)).any()
     mdata = md.MuData({"rna": out})
-    sgf.tl.embed(mdata, model, key_added="X_mu")
+    sgf.tl.embed(mdata, model, key_added="mu")
     np.testing.assert_allclose(mdata.mod["rna"].obsm["X_mu"], emb, atol=1e-6)

@@ -18,7 +18,7 @@ def test_one_precision_vocabulary():
 
 
 def test_defaults_come_from_settings():
-    before = (sgf.settings.token_budget, sgf.settings.progress_bar)
+    before = (sgf.settings.token_budget, sgf.settings._progress_bar)
     try:
         assert sgf.Execution(accelerator="cpu").token_budget_for() == 8_192
         assert sgf.Execution(accelerator="cuda").token_budget_for("cuda") == 131_072

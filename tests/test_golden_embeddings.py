@@ -81,8 +81,8 @@ def test_gene_embeddings_match_reference():
     sgf.tl.embed(adata, model, layer=-1, gene_embeddings=True)
     column = {gene: i for i, gene in enumerate(adata.var["ensembl_id"])}
     columns = [column[gene] for gene in golden["gene_ids"]]
-    ours = adata.varm["X_geneformer"][columns]
-    assert (adata.var["X_geneformer_n_cells"].to_numpy()[columns] == golden["n_cells_with_gene"]).all()
-    assert (adata.var["X_geneformer_n_cells"] > 0).sum() == len(golden["gene_ids"])
+    ours = adata.varm["geneformer_genes"][columns]
+    assert (adata.var["geneformer_genes_n_cells"].to_numpy()[columns] == golden["n_cells_with_gene"]).all()
+    assert (adata.var["geneformer_genes_n_cells"] > 0).sum() == len(golden["gene_ids"])
     assert cosine(ours, golden["embs"]).min() >= 0.99999
     assert np.abs(ours - golden["embs"]).max() <= 1e-4

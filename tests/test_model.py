@@ -70,7 +70,7 @@ def test_save_load_roundtrip_and_corruption(tmp_path):
     loaded = sgf.GeneformerModel.load(tmp_path / "saved")
     assert loaded.vocabulary_version == "V1" and loaded.module.n_layers == 2
     sgf.tl.embed(adata, loaded, key_added="again")
-    np.testing.assert_array_equal(adata.obsm["X_geneformer"], adata.obsm["again"])
+    np.testing.assert_array_equal(adata.obsm["X_geneformer"], adata.obsm["X_again"])
     with pytest.raises(ValueError, match="exists"):
         model.save(tmp_path / "saved")
     (saved,) = (tmp_path / "saved").glob("model-*.safetensors")

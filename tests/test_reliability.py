@@ -22,7 +22,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 import torch
-from helpers import encoded_counts, make_counts, make_vocabulary, tiny_bert_config, tiny_model
+from helpers import encoded_counts, make_counts, make_vocabulary, tiny_bert_config, tiny_model, write_vocabulary_folder
 
 import scgeneformer as sgf
 from scgeneformer._io import UnsafeContentError
@@ -113,18 +113,6 @@ class Payload:
 
     def __reduce__(self):
         return (Path.touch, (self.marker,))
-
-
-def write_vocabulary_folder(folder: Path, vocab) -> None:
-    folder.mkdir()
-    names = {
-        "token_dictionary": vocab.token_dictionary,
-        "gene_median_dictionary": vocab.gene_medians,
-        "gene_name_id_dict": vocab.gene_name_id,
-        "ensembl_mapping_dict": vocab.ensembl_mapping,
-    }
-    for role, content in names.items():
-        (folder / f"{role}_gc104M.pkl").write_bytes(pickle.dumps(content))
 
 
 def test_crafted_files_are_refused_without_running_code(tmp_path):
@@ -456,7 +444,7 @@ def test_dropout_is_on_while_training_and_off_for_inference():
     assert not model.module.training
     sgf.tl.embed(adata, model, key_added="first")
     sgf.tl.embed(adata, model, key_added="second")
-    np.testing.assert_array_equal(adata.obsm["first"], adata.obsm["second"])
+    np.testing.assert_array_equal(adata.obsm["X_first"], adata.obsm["X_second"])
 
 
 def test_mudata_results_are_written_to_the_modality(perturb_setup, tmp_path):

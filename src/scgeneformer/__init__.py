@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from . import datasets, model, pl, pp, tl
     from ._encoding import EncodingInfo
     from ._execution import Execution
-    from ._registry import DownloadError
+    from ._registry import DownloadError, seed_cache
     from .model import GeneformerModel, list_models
     from .vocabulary import Vocabulary, get_vocabulary
 
@@ -38,6 +38,7 @@ __all__ = [
     "model",
     "pl",
     "pp",
+    "seed_cache",
     "settings",
     "tl",
 ]
@@ -49,6 +50,7 @@ _LAZY = {
     "tl": (".tl", None),
     "pl": (".pl", None),
     "DownloadError": ("._registry", "DownloadError"),
+    "seed_cache": ("._registry", "seed_cache"),
     "EncodingInfo": ("._encoding", "EncodingInfo"),
     "Execution": ("._execution", "Execution"),
     "GeneformerModel": (".model", "GeneformerModel"),

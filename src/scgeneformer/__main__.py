@@ -1,6 +1,6 @@
-"""Command line: ``python -m scgeneformer demo`` runs the main job end to end on the bundled example."""
+"""``python -m scgeneformer``: the command line (see :mod:`scgeneformer.cli`)."""
 
-from .demo import main
+from .cli import main
 
 if __name__ == "__main__":
     main()

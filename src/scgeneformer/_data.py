@@ -163,3 +163,16 @@ def writable_names(names) -> list[str]:
             candidate, n = f"{key}_{n}", n + 1
         out.append(candidate)
     return out
+
+
+def copy_data(data: AnnData | MuData) -> AnnData | MuData:
+    """A copy of an AnnData or MuData (for ``copy=True``).
+
+    Copying a MuData makes mudata warn that a future version will stop pulling modality columns on update; a copy
+    keeps the columns it has, so that warning says nothing about it and is not shown.
+    """
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"From 0\.4 \.update\(\)", category=FutureWarning)
+        return data.copy()

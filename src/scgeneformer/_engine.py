@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ._batching import CellPositions, LengthGroupedBatchSampler, SequenceCollator, iter_batches
-from ._execution import Execution
+from ._execution import Execution, lightning_run
 
 if TYPE_CHECKING:
     from ._encoding import EncodingInfo
@@ -204,18 +204,19 @@ def _run_lightning(module, info, cells, compute: Compute, results: InferenceResu
     loader = torch.utils.data.DataLoader(
         CellPositions(info.n_cells), batch_sampler=sampler, collate_fn=SequenceCollator(info)
     )
-    trainer = pl.Trainer(
-        **execution.trainer_kwargs(),
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=execution.show_progress,
-        enable_model_summary=False,
-        use_distributed_sampler=False,
-    )
     was_training = module.training
     module.eval()
     try:
-        trainer.predict(Predictor(), dataloaders=loader, return_predictions=False)
+        with lightning_run():
+            trainer = pl.Trainer(
+                **execution.trainer_kwargs(),
+                logger=False,
+                enable_checkpointing=False,
+                enable_progress_bar=execution.show_progress,
+                enable_model_summary=False,
+                use_distributed_sampler=False,
+            )
+            trainer.predict(Predictor(), dataloaders=loader, return_predictions=False)
     finally:
         module.train(was_training)
         module.cpu()

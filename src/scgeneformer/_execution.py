@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -213,3 +213,49 @@ class Execution:
             "num_nodes": self.num_nodes,
             "precision": _LIGHTNING_PRECISION[self.resolved_precision],
         }
+
+
+@contextmanager
+def lightning_run():
+    """Run Lightning at the package's verbosity.
+
+    Its informational logging and harmless third-party warnings are shown only when ``sgf.settings.verbosity`` asks
+    for information.
+
+    Lightning prints device summaries and advertising tips at INFO level on every ``Trainer``; those are logged only
+    at ``verbosity="info"`` or more. Its deprecation warning about ``LeafSpec`` (Lightning's own use of a torch
+    API) is not ours to fix and is not shown.
+    """
+    import logging
+    import warnings
+
+    from ._settings import settings
+
+    names = ("lightning.pytorch", "lightning.fabric", "pytorch_lightning")
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [log.level for log in loggers]
+    if settings.log_level > logging.INFO:
+        for log in loggers:
+            log.setLevel(max(log.level, logging.WARNING))
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+            yield
+    finally:
+        for log, level in zip(loggers, levels, strict=True):
+            log.setLevel(level)
+
+
+def trainer_defaults(n_batches: int | None = None) -> dict[str, Any]:
+    """Lightning ``Trainer`` defaults that follow ``sgf.settings``: progress bar, model summary, logging interval."""
+    import logging
+
+    from ._settings import settings
+
+    defaults: dict[str, Any] = {
+        "enable_progress_bar": settings.progress_bar,
+        "enable_model_summary": settings.log_level <= logging.INFO,
+    }
+    if n_batches:
+        defaults["log_every_n_steps"] = max(1, min(50, n_batches))
+    return defaults

@@ -6,6 +6,8 @@ Paths are relative to the root of the Hugging Face repository ``ctheodoris/Genef
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,17 +75,37 @@ DICTIONARY_FILES: dict[str, dict[str, RemoteFile]] = {
 }
 
 
+@contextlib.contextmanager
+def pooch_at_our_verbosity():
+    """Pooch logs every download and cache look-up at INFO, with local paths; show that only at ``verbosity="info"``."""
+    import pooch
+
+    pooch_logger = pooch.get_logger()
+    level = pooch_logger.level
+    if settings.log_level > logging.INFO:
+        pooch_logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        pooch_logger.setLevel(level)
+
+
 class DownloadError(RuntimeError):
     """A published file could not be downloaded or failed its integrity check."""
 
 
 def fetch(file: RemoteFile, *, base_url: str | None = None, progressbar: bool = False) -> Path:
-    """Return the local path of ``file``, downloading it into :attr:`Settings.cache_dir` if needed.
+    """Return the local path of ``file``, from the cache, from ``sgf.settings.local_files`` or downloaded.
 
-    The download goes to a temporary file that only replaces the cached copy once its sha256 matches, so an
+    A copy under ``sgf.settings.local_files`` with the right size and sha256 is copied into the cache instead of
+    downloading. Downloads go to a temporary file that only replaces the cached copy once its sha256 matches, so an
     interrupted or corrupted download never leaves a broken file in the cache.
     """
     import pooch
+
+    target = Path(settings.cache_dir) / file.path
+    if not (target.is_file() and target.stat().st_size == file.size) and settings.local_files is not None:
+        _seed_from(Path(settings.local_files), [file])
 
     cache = pooch.create(
         path=settings.cache_dir,
@@ -96,7 +118,8 @@ def fetch(file: RemoteFile, *, base_url: str | None = None, progressbar: bool = 
     # A timeout so that a firewalled or offline machine fails fast instead of hanging.
     downloader = pooch.HTTPDownloader(progressbar=progressbar, timeout=(15, 300))
     try:
-        return Path(cache.fetch(file.path, downloader=downloader))
+        with pooch_at_our_verbosity():
+            return Path(cache.fetch(file.path, downloader=downloader))
     except ValueError as e:  # pooch raises ValueError on a hash mismatch
         msg = (
             f"The file downloaded from {url} does not have the expected sha256 {file.sha256}; it was discarded and "
@@ -104,37 +127,79 @@ def fetch(file: RemoteFile, *, base_url: str | None = None, progressbar: bool = 
         )
         raise DownloadError(msg) from e
     except Exception as e:
+        where = settings.local_files
         msg = (
-            f"Could not download {url} ({type(e).__name__}: {e}). Without network access, download the file on "
-            f"another machine and place it at {Path(settings.cache_dir) / file.path}, or pass a local folder."
+            f"Could not download {url} ({type(e).__name__}: {e}). Offline? Point `sgf.settings.local_files` (or the "
+            f"environment variable SGF_LOCAL_FILES) at a folder holding a copy of {Path(file.path).name} (any "
+            f"layout; checked by sha256"
+            + (f"; none was found in {where}" if where is not None else "")
+            + f"), or place it at {Path(settings.cache_dir) / file.path}."
         )
         raise DownloadError(msg) from e
 
 
-def seed_cache(folder: str | Path) -> list[Path]:
-    """Copy published files found anywhere below ``folder`` into the cache, if their sha256 matches.
+def seed_cache(folder: str | Path, files: list[RemoteFile] | None = None) -> list[Path]:
+    """Copy published files found anywhere below ``folder`` into the cache, if their size and sha256 match.
 
     This makes :class:`~scgeneformer.Vocabulary` and checkpoints available offline, e.g. from a copy of the files
-    made on another machine. Files whose content differs from the published one are ignored.
+    made on another machine. Files whose content differs from the published one are ignored (with a warning).
+    ``files`` defaults to every published dictionary. Usually setting ``sgf.settings.local_files`` is simpler: each
+    file is then looked up there when it is first needed.
+
+    Returns
+    -------
+    The cache paths that were seeded.
+
+    Examples
+    --------
+    >>> sgf.seed_cache("/mnt/usb/geneformer-files")  # doctest: +SKIP
     """
+    if files is None:
+        files = [f for version in DICTIONARY_FILES.values() for f in version.values()]
+    return _seed_from(Path(folder), files)
+
+
+def _local_index(folder: Path) -> dict[str, list[Path]]:
+    """File name → paths of the files below ``folder`` (cached per folder and modification time)."""
+    key = (str(folder.resolve()), folder.stat().st_mtime if folder.exists() else 0.0)
+    if key not in _INDEXES:
+        index: dict[str, list[Path]] = {}
+        for candidate in sorted(folder.rglob("*")) if folder.is_dir() else []:
+            if candidate.is_file():
+                index.setdefault(candidate.name, []).append(candidate)
+        _INDEXES.clear()
+        _INDEXES[key] = index
+    return _INDEXES[key]
+
+
+_INDEXES: dict = {}
+
+
+def _seed_from(folder: Path, files: list[RemoteFile]) -> list[Path]:
     import hashlib
 
     from ._io import copy_atomic
 
-    folder = Path(folder)
-    wanted = {Path(f.path).name: f for files in DICTIONARY_FILES.values() for f in files.values()}
     seeded = []
-    for candidate in sorted(folder.rglob("*")):
-        remote = wanted.get(candidate.name)
-        if remote is None or not candidate.is_file() or candidate.stat().st_size != remote.size:
-            continue
+    index = _local_index(folder)
+    for remote in files:
         target = Path(settings.cache_dir) / remote.path
         if target.is_file() and target.stat().st_size == remote.size:
             continue
-        if hashlib.sha256(candidate.read_bytes()).hexdigest() != remote.sha256:
-            logger.warning("%s differs from the published %s; not seeded.", candidate, remote.path)
-            continue
-        # Copied under a temporary name and renamed: another process reading the cache never sees half a file.
-        copy_atomic(candidate, target)
-        seeded.append(target)
+        candidates = [folder / remote.path] + index.get(Path(remote.path).name, [])
+        for candidate in candidates:
+            if not candidate.is_file() or candidate.stat().st_size != remote.size:
+                continue
+            digest = hashlib.sha256()
+            with open(candidate, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+            if digest.hexdigest() != remote.sha256:
+                logger.warning("%s differs from the published %s; not used.", candidate, remote.path)
+                continue
+            # Copied under a temporary name and renamed: another process reading the cache never sees half a file.
+            copy_atomic(candidate, target)
+            seeded.append(target)
+            logger.info("using the local copy %s of %s", candidate, remote.path)
+            break
     return seeded

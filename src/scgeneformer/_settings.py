@@ -4,13 +4,46 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 
 #: Hugging Face repository and the commit every download is pinned to (see ``_registry``).
 HF_REPO = "ctheodoris/Geneformer"
 HF_REVISION = "05fcbeb8a27d49e0a7a4349152202ee2c1cbfd28"
 
+#: scanpy's verbosity levels (0 errors … 4 debug) as logging levels.
+_SCANPY_LEVELS = {0: logging.ERROR, 1: logging.WARNING, 2: logging.INFO, 3: 15, 4: logging.DEBUG}
+
+
+class _VerbosityFilter(logging.Filter):
+    """Lets records through at or above the package's effective verbosity, read when each record is made."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= settings.log_level
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record is emitted (notebooks and test runners replace it)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 logger = logging.getLogger("scgeneformer")
+logger.setLevel(logging.DEBUG)  # the filter decides, so that following scanpy's verbosity takes effect at once
+logger.addFilter(_VerbosityFilter())
+_handler = _StderrHandler()  # stderr, like scanpy's messages
+_handler.setFormatter(logging.Formatter("%(message)s"))
+logger.addHandler(_handler)
+logger.propagate = False  # one message per record; set it to True to route records to your own handlers
 
 
 class Settings:
@@ -24,8 +57,14 @@ class Settings:
     hub_url
         Base URL that file paths of the Hugging Face repository are appended to. Defaults to ``SGF_HUB_URL`` or the
         ``resolve`` URL of ``ctheodoris/Geneformer`` at the pinned commit. Point it to a mirror to download from there.
+    local_files
+        A folder holding copies of the published dictionaries and checkpoints (any layout, e.g. a clone of the
+        Hugging Face repository or files copied from another machine). Each file is looked up there, checked by size
+        and sha256, and copied into the cache instead of being downloaded. Defaults to ``SGF_LOCAL_FILES``.
     verbosity
-        Level of the ``"scgeneformer"`` logger (a :mod:`logging` level name or number).
+        How much the package reports: a scanpy verbosity (0 errors, 1 warnings, 2 info, 3 hints, 4 debug) or a
+        :mod:`logging` level name. ``None`` (default) follows ``scanpy.settings.verbosity`` when scanpy is imported,
+        else warnings. Messages go to stderr through the ``"scgeneformer"`` logger.
     accelerator
         Default device type of :class:`~scgeneformer.Execution`: ``"auto"`` (CUDA, then MPS, then CPU), ``"cpu"``,
         ``"cuda"`` or ``"mps"``.
@@ -35,12 +74,15 @@ class Settings:
     token_budget
         Default padded tokens per batch; ``None`` picks one per device type (8,192 on CPU, 131,072 on CUDA).
     progress_bar
-        Whether progress bars are shown by default.
+        Whether progress bars (ours and Lightning's) are shown by default. ``None`` (default): shown unless the
+        verbosity is 0 (errors only), so ``sc.settings.verbosity = 0`` silences them too.
 
     Examples
     --------
-    >>> sgf.settings.progress_bar = False  # doctest: +SKIP
+    >>> sgf.settings.verbosity = "info"  # report what each step does
+    >>> sgf.settings.progress_bar = False  # but no progress bars
     >>> sgf.settings.token_budget = 32_768  # doctest: +SKIP
+    >>> sgf.settings.verbosity = sgf.settings.progress_bar = None  # back to following scanpy
     """
 
     def __init__(self) -> None:
@@ -49,7 +91,9 @@ class Settings:
         self._accelerator = "auto"
         self._precision = "auto"
         self._token_budget: int | None = None
-        self.progress_bar: bool = True
+        self._verbosity: int | None = None
+        self._progress_bar: bool | None = None
+        self._local_files: Path | None = None
 
     @property
     def cache_dir(self) -> Path:
@@ -77,12 +121,63 @@ class Settings:
         self._hub_url = value
 
     @property
-    def verbosity(self) -> int:
-        return logger.getEffectiveLevel()
+    def local_files(self) -> Path | None:
+        if self._local_files is not None:
+            return self._local_files
+        env = os.environ.get("SGF_LOCAL_FILES")
+        return Path(env).expanduser() if env else None
+
+    @local_files.setter
+    def local_files(self, value: str | os.PathLike | None) -> None:
+        if value is not None and not Path(value).expanduser().is_dir():
+            msg = f"local_files must be an existing folder, got {value!r}."
+            raise FileNotFoundError(msg)
+        self._local_files = None if value is None else Path(value).expanduser()
+
+    @property
+    def verbosity(self) -> int | None:
+        return self._verbosity
 
     @verbosity.setter
-    def verbosity(self, value: int | str) -> None:
-        logger.setLevel(value.upper() if isinstance(value, str) else value)
+    def verbosity(self, value: int | str | None) -> None:
+        if value is None:
+            self._verbosity = None
+        elif isinstance(value, bool):
+            msg = f"verbosity must be 0-4, a logging level name or None, got {value!r}."
+            raise TypeError(msg)
+        elif isinstance(value, int) and value in _SCANPY_LEVELS:
+            self._verbosity = _SCANPY_LEVELS[value]
+        elif isinstance(value, int):
+            self._verbosity = value
+        else:
+            level = logging.getLevelName(str(value).upper())
+            if not isinstance(level, int):
+                msg = f"verbosity must be 0-4, a logging level name or None, got {value!r}."
+                raise ValueError(msg)
+            self._verbosity = level
+
+    @property
+    def log_level(self) -> int:
+        """The effective logging level: ``verbosity``, else scanpy's, else warnings."""
+        if self._verbosity is not None:
+            return self._verbosity
+        scanpy = sys.modules.get("scanpy")
+        if scanpy is not None:
+            try:
+                return _SCANPY_LEVELS.get(int(scanpy.settings.verbosity), logging.WARNING)
+            except (AttributeError, TypeError, ValueError):
+                pass
+        return logging.WARNING
+
+    @property
+    def progress_bar(self) -> bool:
+        if self._progress_bar is not None:
+            return self._progress_bar
+        return self.log_level < logging.ERROR
+
+    @progress_bar.setter
+    def progress_bar(self, value: bool | None) -> None:
+        self._progress_bar = None if value is None else bool(value)
 
     @property
     def accelerator(self) -> str:
@@ -118,7 +213,7 @@ class Settings:
 
     def __repr__(self) -> str:
         return (
-            f"Settings(cache_dir={str(self.cache_dir)!r}, hub_url={self.hub_url!r}, verbosity={self.verbosity}, "
+            f"Settings(cache_dir={str(self.cache_dir)!r}, hub_url={self.hub_url!r}, log_level={self.log_level}, "
             f"accelerator={self.accelerator!r}, precision={self.precision!r}, token_budget={self.token_budget}, "
             f"progress_bar={self.progress_bar})"
         )

@@ -1,25 +1,23 @@
-"""End-to-end demo on the bundled PBMC example: ``python -m scgeneformer demo`` (or ``sgf-demo``).
+"""End-to-end demo on the bundled PBMC example: ``scgeneformer demo`` (or ``python -m scgeneformer demo``).
 
 It rank-encodes the example, loads a model and embeds the cells. On a machine with internet access the published
 dictionaries and checkpoint (default ``Geneformer-V1-10M``, 41 MB) are downloaded from the Hugging Face hub on first
-use and cached in ``sgf.settings.cache_dir``. Offline, pass ``--local-files DIR`` (or set ``SGF_LOCAL_FILES``) with a
-folder holding copies of the published files; they are checked by sha256 and seeded into the cache. When neither is
-given and a ``../shared`` folder with such copies sits beside the current directory (a development checkout), it is
-used; if it lacks the published weights but holds the small test checkpoint ``golden/checkpoints/tiny_v1``, the
-demo says so and uses that instead.
+use and cached in ``sgf.settings.cache_dir``. Offline, point ``--local-files`` (or ``SGF_LOCAL_FILES``, i.e.
+``sgf.settings.local_files``) at a folder holding copies of the published files; they are checked by sha256 and
+copied into the cache. When neither is given and a ``../shared`` folder sits beside the current directory (a
+development checkout), it is used; if it lacks the published weights but holds the small test checkpoint
+``golden/checkpoints/tiny_v1``, the demo says so and uses that instead.
 """
 
 from __future__ import annotations
 
-import argparse
-import logging
 import os
-import sys
 import time
 from pathlib import Path
 
 
-def _local_files(option: str | None) -> Path | None:
+def local_files_folder(option: str | None) -> Path | None:
+    """The folder of local copies: the option, else ``SGF_LOCAL_FILES``, else ``../shared`` if it exists."""
     if option:
         return Path(option)
     if os.environ.get("SGF_LOCAL_FILES"):
@@ -33,11 +31,10 @@ def run_demo(model_name: str = "Geneformer-V1-10M", local_files: Path | None = N
     import numpy as np
 
     import scgeneformer as sgf
-    from scgeneformer._registry import seed_cache
 
     if local_files is not None:
-        seeded = seed_cache(local_files)
-        print(f"offline: seeded {len(seeded)} published files from {local_files} into {sgf.settings.cache_dir}")
+        sgf.settings.local_files = local_files
+        print(f"published files are taken from local copies in {local_files} when present")
     model = _load_model(model_name, local_files)
     vocabulary = model.vocabulary_version
     adata = sgf.datasets.pbmc_example()
@@ -81,15 +78,10 @@ def _load_model(name: str, local_files: Path | None):
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of ``python -m scgeneformer``."""
-    parser = argparse.ArgumentParser(prog="python -m scgeneformer", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="run the main job end to end on the bundled PBMC example")
-    demo.add_argument("--model", default="Geneformer-V1-10M", help="checkpoint name or folder (see sgf.list_models())")
-    demo.add_argument("--local-files", default=None, help="folder with copies of the published files (offline)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
-    run_demo(args.model, _local_files(args.local_files))
+    """Entry point of ``sgf-demo``: the ``demo`` command of the command line."""
+    from .cli import main as cli_main
+
+    cli_main(["demo", *(argv or [])])
 
 
 if __name__ == "__main__":

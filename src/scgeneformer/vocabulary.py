@@ -47,6 +47,11 @@ class Vocabulary:
         The upstream dictionaries as loaded.
     source
         Where the files came from.
+
+    Examples
+    --------
+    >>> vocab = sgf.Vocabulary.load("V1")  # doctest: +SKIP
+    >>> vocab.map_gene_ids(["ENSG00000170458", "CD14", "cd14.2"])  # doctest: +SKIP
     """
 
     version: Literal["V1", "V2"]
@@ -277,6 +282,11 @@ def get_vocabulary(vocabulary: Vocabulary | str | os.PathLike) -> Vocabulary:
     """Resolve ``"V1"``, ``"V2"``, a :class:`Vocabulary` or a dictionary folder to a :class:`Vocabulary`.
 
     Loaded vocabularies are cached for the session.
+
+    Examples
+    --------
+    >>> sgf.get_vocabulary("V2").input_size  # doctest: +SKIP
+    4096
     """
     if isinstance(vocabulary, Vocabulary):
         return vocabulary

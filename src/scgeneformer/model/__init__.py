@@ -1,5 +1,6 @@
 """Geneformer as a scvi-tools model: module, model class, training plan, tasks and published checkpoints."""
 
+from ._card import read_model_card
 from ._checkpoints import CHECKPOINTS, Checkpoint, get_checkpoint, list_models
 from ._gene_classifier import GeneLabels
 from ._inference import Embeddings
@@ -19,4 +20,5 @@ __all__ = [
     "GeneformerTrainingPlan",
     "get_checkpoint",
     "list_models",
+    "read_model_card",
 ]

@@ -49,7 +49,14 @@ def _config(layers: int, hidden: int, heads: int, ffn: int, dropout: float, size
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """A published checkpoint: where its weights are, what they hash to, and the architecture they fit."""
+    """A published checkpoint: where its weights are, what they hash to, and the architecture they fit.
+
+    Examples
+    --------
+    >>> checkpoint = sgf.model.get_checkpoint("V1-10M")
+    >>> checkpoint.name, checkpoint.vocabulary
+    ('Geneformer-V1-10M', 'V1')
+    """
 
     name: str
     vocabulary: str
@@ -200,7 +207,15 @@ _BY_ALIAS = {alias.lower(): c for c in _CHECKPOINTS for alias in (c.name, *c.ali
 
 
 def get_checkpoint(name: str) -> Checkpoint | None:
-    """The registered checkpoint called ``name`` (or one of its aliases, any case), or ``None``."""
+    """The registered checkpoint called ``name`` (or one of its aliases, any case), or ``None``.
+
+    Examples
+    --------
+    >>> sgf.model.get_checkpoint("v2-104m").name
+    'Geneformer-V2-104M'
+    >>> sgf.model.get_checkpoint("no such model") is None
+    True
+    """
     return _BY_ALIAS.get(name.lower())
 
 
@@ -210,6 +225,11 @@ def list_models():
     Returns
     -------
     A :class:`pandas.DataFrame` indexed by checkpoint name.
+
+    Examples
+    --------
+    >>> sgf.list_models().loc["Geneformer-V1-10M", "layers"]
+    6
     """
     import pandas as pd
 

@@ -29,6 +29,12 @@ class GeneLabels:
         A gene name of each token (the first matching ``var_name``).
     var
         Position in ``.var`` of that gene.
+
+    Examples
+    --------
+    >>> info = sgf.EncodingInfo(adata)  # doctest: +SKIP
+    >>> labels = sgf.model.GeneLabels.resolve(info, {"a": ["GATA4"], "b": ["CEBPZ"]})  # doctest: +SKIP
+    >>> model.train_gene_classifier(labels.subset([0, 1]))  # doctest: +SKIP
     """
 
     classes: list[str]

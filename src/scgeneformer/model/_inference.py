@@ -43,6 +43,11 @@ class Embeddings:
         occurs (NaN where it occurs in none); ``None`` unless gene embeddings were requested.
     gene_n_cells
         Per ``.var`` gene, the number of occurrences averaged over.
+
+    Examples
+    --------
+    >>> out = model.get_embeddings(adata, gene_embeddings=True)  # doctest: +SKIP
+    >>> out.cells.shape, out.genes.shape  # doctest: +SKIP
     """
 
     cells: np.ndarray

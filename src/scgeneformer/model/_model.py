@@ -13,7 +13,7 @@ from scvi.data.fields import CategoricalObsField, LayerField, NumericalObsField
 from scvi.model.base import BaseModelClass
 
 from .._encoding import EncodingInfo, encoding_keys
-from .._execution import Execution
+from .._execution import Execution, lightning_run, trainer_defaults
 from ._checkpoints import get_checkpoint
 from ._inference import InferenceMixin
 from ._loading import VOCABULARY_BY_SIZE, data_free_registry, load_hf_weights, plain_config
@@ -27,6 +27,35 @@ if TYPE_CHECKING:
     from anndata import AnnData
 
     from ._gene_classifier import GeneLabels
+
+
+def _is_repo_id(name: str) -> bool:
+    parts = name.split("/")
+    return len(parts) == 2 and all(parts) and not name.startswith((".", "~"))
+
+
+def hub_snapshot(repo_id: str, revision: str | None = None) -> Path:
+    """A local copy of a Hugging Face model repository, downloaded into ``sgf.settings.cache_dir / "hub"``.
+
+    Without network access the copy already in that cache is used; a clear error says when there is none.
+    """
+    from .._settings import settings
+
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError as e:  # transformers depends on it, but keep the message clear
+        msg = "Loading from the Hugging Face hub needs huggingface_hub: pip install huggingface_hub"
+        raise ImportError(msg) from e
+    cache = Path(settings.cache_dir) / "hub"
+    try:
+        return Path(snapshot_download(repo_id, revision=revision, cache_dir=cache))
+    except Exception as online_error:  # noqa: BLE001 - offline, unknown repository, ...
+        try:
+            return Path(snapshot_download(repo_id, revision=revision, cache_dir=cache, local_files_only=True))
+        except Exception:  # noqa: BLE001 - report the download error, which says why
+            reason = f"{type(online_error).__name__}: {online_error}"
+            msg = f"Could not get the Hugging Face repository {repo_id!r} ({reason})."
+            raise FileNotFoundError(msg) from online_error
 
 
 class GeneformerModel(InferenceMixin, BaseModelClass):
@@ -172,20 +201,25 @@ class GeneformerModel(InferenceMixin, BaseModelClass):
         adata: AnnData | None = None,
         *,
         vocabulary: str | None = None,
+        revision: str | None = None,
     ) -> GeneformerModel:
-        """Load published weights by name (see :func:`scgeneformer.list_models`) or a local Hugging Face folder.
+        """Load published weights by name (see :func:`scgeneformer.list_models`), a folder or a Hugging Face repo.
 
         Published weights are downloaded once into ``sgf.settings.cache_dir`` and checked against their sha256. A
-        local folder holds ``config.json`` and ``model.safetensors`` or ``pytorch_model.bin``.
+        folder is a Hugging Face model folder (``config.json`` and ``model.safetensors`` or ``pytorch_model.bin``)
+        or a model saved with :meth:`save`. A Hugging Face repository id (``"owner/name"``) is downloaded with
+        ``huggingface_hub`` into ``sgf.settings.cache_dir / "hub"`` (offline: taken from there).
 
         Parameters
         ----------
         name_or_path
-            A checkpoint name or alias (e.g. ``"Geneformer-V1-10M"``, ``"V2-104M"``) or a folder.
+            A checkpoint name or alias (e.g. ``"Geneformer-V1-10M"``, ``"V2-104M"``), a folder, or a repository id.
         adata
             Optional encoded AnnData to train on (registered with :meth:`setup_anndata`'s defaults if it was not).
         vocabulary
             ``"V1"``/``"V2"``; needed only for a local folder whose ``vocab_size`` is not a Geneformer one.
+        revision
+            Commit or tag of a Hugging Face repository (default: its main branch).
 
         Examples
         --------
@@ -198,13 +232,17 @@ class GeneformerModel(InferenceMixin, BaseModelClass):
             label = checkpoint.name
         else:
             folder = Path(name_or_path).expanduser()
+            if not folder.exists() and _is_repo_id(str(name_or_path)):
+                folder = hub_snapshot(str(name_or_path), revision)
+            if (folder / "model.json").is_file():
+                return cls.load(folder, adata)
             if not (folder / "config.json").is_file():
                 msg = (
                     f"{name_or_path!r} is neither a published checkpoint (see `sgf.list_models()`) nor a folder "
-                    "with config.json and model.safetensors or pytorch_model.bin."
+                    "with config.json and model.safetensors or pytorch_model.bin, nor a saved model."
                 )
                 raise FileNotFoundError(msg)
-            label = str(folder)
+            label = str(name_or_path) if not Path(name_or_path).exists() else str(folder)
         hf_model = load_hf_weights(folder, vocabulary)
         bert_config = plain_config(hf_model.config)
         with torch.device("meta"):  # skip the random initialisation that the weights replace anyway
@@ -221,10 +259,13 @@ class GeneformerModel(InferenceMixin, BaseModelClass):
         save_anndata: bool = False,
         **anndata_write_kwargs,
     ) -> None:
-        """Save the model: weights as safetensors and everything else as JSON, written atomically.
+        """Save the model: weights as safetensors, everything else as JSON, and a model card, written atomically.
 
         Killing the process at any moment leaves the previous model (or the new one) loadable; nothing written can
-        run code when loaded. See the "Data safety" page of the documentation.
+        run code when loaded (see the "Data safety" page). The model card, ``README.md``, records the base
+        checkpoint, vocabulary, training data, labels, test metrics and package version
+        (:func:`~scgeneformer.model.read_model_card` reads it back); the folder can be uploaded to the Hugging Face hub
+        as it is and loaded with :meth:`from_pretrained`.
 
         Parameters
         ----------
@@ -244,10 +285,12 @@ class GeneformerModel(InferenceMixin, BaseModelClass):
         >>> model.save("my_classifier")  # doctest: +SKIP
         """
         from .._io import atomic_path
+        from ._card import write_model_card
         from ._saving import save_model
 
         prefix = prefix or ""
         save_model(self, dir_path, overwrite=overwrite, prefix=prefix)
+        write_model_card(self, Path(dir_path), prefix)
         if save_anndata and self.adata is not None:
             name = "mdata.h5mu" if type(self.adata).__name__ == "MuData" else "adata.h5ad"
             with atomic_path(Path(dir_path) / f"{prefix}{name}") as temporary:
@@ -552,6 +595,9 @@ class GeneformerModel(InferenceMixin, BaseModelClass):
         plan = task.make_plan(self.module, plan_kwargs)
         trainer_kwargs["callbacks"] = [*trainer_kwargs.get("callbacks", []), *task.callbacks(prepared)]
         trainer_kwargs.setdefault("gradient_clip_val", 1.0)
+        trainer_kwargs = trainer_defaults(len(data.train_dataloader().batch_sampler)) | trainer_kwargs
+        if execution.progress_bar is not None:
+            trainer_kwargs.setdefault("enable_progress_bar", execution.progress_bar)
         if data.n_val:
             trainer_kwargs.setdefault("check_val_every_n_epoch", 1)
         was_trained, was_training = self.is_trained_, self.module.training
@@ -561,15 +607,16 @@ class GeneformerModel(InferenceMixin, BaseModelClass):
         self.module.train()  # dropout on while fitting, as in the reference's Trainer
         try:
             # The batch sampler splits batches across processes itself: Lightning must not inject a sampler.
-            TrainRunner(
-                self,
-                training_plan=plan,
-                data_splitter=data,
-                max_epochs=max_epochs,
-                use_distributed_sampler=False,
-                **execution.trainer_kwargs(),
-                **trainer_kwargs,
-            )()
+            with lightning_run():
+                TrainRunner(
+                    self,
+                    training_plan=plan,
+                    data_splitter=data,
+                    max_epochs=max_epochs,
+                    use_distributed_sampler=False,
+                    **execution.trainer_kwargs(),
+                    **trainer_kwargs,
+                )()
         except BaseException:
             self.is_trained_ = was_trained
             raise

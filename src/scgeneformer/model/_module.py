@@ -53,6 +53,10 @@ class GeneformerModule(BaseModuleClass):
     n_gene_classes
         Size of a gene-classification (token-classification) head on the last-layer hidden state of each gene
         token (``None``: no head).
+
+    Examples
+    --------
+    >>> hidden = model.module.encode(input_ids, attention_mask, n_layers=5)  # doctest: +SKIP
     """
 
     def __init__(

@@ -167,8 +167,8 @@ class CellClassificationTask(TrainingTask):
         if model.adata is None or labels_key is None:
             msg = (
                 "Cell classification needs labelled data: call `GeneformerModel.setup_anndata(adata, "
-                "labels_key=...)`, then create the model with that data, e.g. "
-                "`GeneformerModel.from_pretrained(name, adata)`."
+                "labels_key=...)`, then give the model that data: `model = model.copy(adata)`, or "
+                "`GeneformerModel.from_pretrained(name, adata)` / `GeneformerModel.load(path, adata)`."
             )
             raise ValueError(msg)
         pooling = self.pooling or model.module.classifier_pooling

@@ -31,6 +31,10 @@ class GeneformerTrainingPlan(TrainingPlan):
         ``"linear"`` or ``"cosine"`` decay to 0 after warm-up, or ``"constant"``.
     **kwargs
         Further :class:`scvi.train.TrainingPlan` arguments.
+
+    Examples
+    --------
+    >>> model.train(plan_kwargs={"lr": 1e-4, "schedule": "cosine", "warmup_steps": 500})  # doctest: +SKIP
     """
 
     def __init__(
@@ -110,7 +114,12 @@ class GeneformerTrainingPlan(TrainingPlan):
 
 
 class ClassifierTrainingPlan(GeneformerTrainingPlan):
-    """Training plan for cell classification: logs validation macro-F1 and keeps the weights of the best epoch."""
+    """Training plan for cell classification: logs validation macro-F1 and keeps the weights of the best epoch.
+
+    Examples
+    --------
+    >>> report = model.train_classifier(plan_kwargs={"lr": 1e-4})  # builds this plan  # doctest: +SKIP
+    """
 
     def __init__(self, module, *, n_classes: int, **kwargs) -> None:
         super().__init__(module, **kwargs)

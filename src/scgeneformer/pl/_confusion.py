@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .._data import resolve_adata
+from ._utils import finish
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -23,6 +24,7 @@ def confusion_matrix(
     ax: Axes | None = None,
     cmap: str = "Blues",
     show: bool | None = None,
+    save: bool | str | None = None,
     mod: str = "rna",
 ) -> Axes | None:
     """Heatmap of known (rows) against predicted (columns) labels, e.g. after :func:`scgeneformer.tl.annotate`.
@@ -42,9 +44,22 @@ def confusion_matrix(
     cmap
         Matplotlib colour map.
     show
-        Show the figure; default: when no ``ax`` was given. When not shown, the axes are returned.
+        Show the figure; default: ``sc.settings.autoshow``, unless ``ax`` was given. When not shown, the axes are
+        returned.
+    save
+        Save the figure, as ``sc.pl`` does: ``True`` writes ``<sc.settings.figdir>/<plot name>.<file_format_figs>``;
+        a string is appended to the plot name (its extension, e.g. ``".pdf"``, sets the format).
     mod
         Modality used when ``data`` is a MuData.
+
+    Returns
+    -------
+    ``None`` when the figure is shown, else the axes.
+
+    Examples
+    --------
+    >>> sgf.tl.annotate(query, model)  # doctest: +SKIP
+    >>> sgf.pl.confusion_matrix(query, "cell_type", save="_query.pdf")  # doctest: +SKIP
     """
     import matplotlib.pyplot as plt
     import pandas as pd
@@ -66,7 +81,7 @@ def confusion_matrix(
     table = pd.DataFrame(matrix, index=labels, columns=labels).loc[rows, columns].astype(float)
     if normalize:
         table = table.div(table.sum(1).replace(0, np.nan), axis=0)
-    show = ax is None if show is None else show
+    ax_given = ax is not None
     if ax is None:
         _, ax = plt.subplots(figsize=(0.6 * len(columns) + 3, 0.5 * len(rows) + 2))
     image = ax.imshow(table.to_numpy(), cmap=cmap, vmin=0, vmax=1 if normalize else None, aspect="auto")
@@ -79,7 +94,4 @@ def confusion_matrix(
             text = f"{value:.2f}" if normalize else f"{int(value)}"
             ax.text(j, i, text, ha="center", va="center", fontsize=7, color="white" if value > 0.5 else "black")
     ax.figure.colorbar(image, ax=ax, label="share of known label" if normalize else "cells")
-    if show:
-        plt.show()
-        return None
-    return ax
+    return finish(ax, "confusion_matrix", show=show, save=save, ax_given=ax_given)

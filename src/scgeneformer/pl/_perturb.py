@@ -9,6 +9,7 @@ import numpy as np
 
 from ..tl._perturb_spec import GoalStates
 from ..tl._perturb_stats import perturbation_results
+from ._utils import finish
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -34,15 +35,6 @@ def _effect(results: dict) -> tuple[pd.DataFrame, str, str]:
     return rows, "1 - cosine similarity (perturbed vs original)", "cosine"
 
 
-def _show(ax, show):
-    import matplotlib.pyplot as plt
-
-    if show:
-        plt.show()
-        return None
-    return ax
-
-
 def perturbation_shifts(
     data: AnnData | MuData | dict,
     *,
@@ -51,6 +43,7 @@ def perturbation_shifts(
     alpha: float = 0.05,
     ax: Axes | None = None,
     show: bool | None = None,
+    save: bool | str | None = None,
     mod: str = "rna",
 ) -> Axes | None:
     """Mean effect of the strongest perturbations, with significance where statistics were computed.
@@ -69,8 +62,17 @@ def perturbation_shifts(
         Number of perturbations shown, largest effects first.
     alpha
         FDR threshold of the significance marks.
-    ax, show, mod
+    ax, show, save, mod
         As in :func:`~scgeneformer.pl.confusion_matrix`.
+
+    Returns
+    -------
+    ``None`` when the figure is shown, else the axes.
+
+    Examples
+    --------
+    >>> sgf.tl.perturbation_stats(adata, "goal_state_shift")  # doctest: +SKIP
+    >>> sgf.pl.perturbation_shifts(adata, n_genes=15, save=True)  # doctest: +SKIP
     """
     import matplotlib.pyplot as plt
 
@@ -79,7 +81,7 @@ def perturbation_shifts(
     summary = rows.groupby("perturbed", observed=True)["effect"].agg(["mean", "sem", "size"])
     summary = summary.sort_values("mean", ascending=False).head(n_genes)
     fdr = _fdr_by_gene(results)
-    show = ax is None if show is None else show
+    ax_given = ax is not None
     if ax is None:
         _, ax = plt.subplots(figsize=(5, 0.3 * len(summary) + 1.5))
     positions = np.arange(len(summary))[::-1]
@@ -92,7 +94,7 @@ def perturbation_shifts(
     ax.set_xlabel(label)
     ax.axvline(0, color="black", linewidth=0.8)
     ax.set_title(f"top {len(summary)} perturbations" + (f" (* FDR < {alpha})" if fdr else ""))
-    return _show(ax, show)
+    return finish(ax, "perturbation_shifts", show=show, save=save, ax_given=ax_given)
 
 
 def _fdr_by_gene(results: dict) -> dict[str, float]:
@@ -111,6 +113,7 @@ def perturbation_distribution(
     n_genes: int = 10,
     ax: Axes | None = None,
     show: bool | None = None,
+    save: bool | str | None = None,
     mod: str = "rna",
 ) -> Axes | None:
     """Distribution over cells of each perturbation's effect (box plots with the cells as points).
@@ -121,8 +124,16 @@ def perturbation_distribution(
         AnnData/MuData with the results in ``.uns[key]``, or the dict returned by :func:`~scgeneformer.tl.perturb`.
     genes
         Perturbations to show (``perturbed`` names); default the ``n_genes`` with the largest mean effect.
-    key, n_genes, ax, show, mod
+    key, n_genes, ax, show, save, mod
         As in :func:`perturbation_shifts`.
+
+    Returns
+    -------
+    ``None`` when the figure is shown, else the axes.
+
+    Examples
+    --------
+    >>> sgf.pl.perturbation_distribution(adata, ["STAT1", "IRF7"])  # doctest: +SKIP
     """
     import matplotlib.pyplot as plt
 
@@ -136,7 +147,7 @@ def perturbation_distribution(
         msg = f"No perturbation results for {missing}."
         raise KeyError(msg)
     values = [rows.loc[rows["perturbed"].astype(str) == g, "effect"].to_numpy() for g in genes]
-    show = ax is None if show is None else show
+    ax_given = ax is not None
     if ax is None:
         _, ax = plt.subplots(figsize=(0.55 * len(genes) + 2, 4))
     ax.boxplot(values, showfliers=False)
@@ -146,7 +157,7 @@ def perturbation_distribution(
     ax.set_xticks(range(1, len(genes) + 1), genes, rotation=90)
     ax.set_ylabel(label)
     ax.axhline(0, color="grey", linewidth=0.8, linestyle="--")
-    return _show(ax, show)
+    return finish(ax, "perturbation_distribution", show=show, save=save, ax_given=ax_given)
 
 
 def perturbation_heatmap(
@@ -159,6 +170,7 @@ def perturbation_heatmap(
     cmap: str = "viridis",
     ax: Axes | None = None,
     show: bool | None = None,
+    save: bool | str | None = None,
     mod: str = "rna",
 ) -> Axes | None:
     """Heatmap of the genes most affected by each perturbation (needs ``gene_shifts=True`` in ``perturb``).
@@ -176,8 +188,17 @@ def perturbation_heatmap(
         Perturbations (rows) to show; default the ``n_perturbed`` with the largest mean effect on other genes.
     n_affected
         Columns: the genes with the largest mean effect over the rows shown.
-    cmap, ax, show, mod
+    cmap, ax, show, save, mod
         As in :func:`~scgeneformer.pl.confusion_matrix`.
+
+    Returns
+    -------
+    ``None`` when the figure is shown, else the axes.
+
+    Examples
+    --------
+    >>> sgf.tl.perturb(adata, model, "all", gene_shifts=True, max_cells=20)  # doctest: +SKIP
+    >>> sgf.pl.perturbation_heatmap(adata, n_perturbed=10)  # doctest: +SKIP
     """
     import matplotlib.pyplot as plt
 
@@ -193,7 +214,7 @@ def perturbation_heatmap(
     matrix = matrix.loc[list(perturbed)]
     columns = matrix.mean(axis=0).sort_values(ascending=False).index[:n_affected]
     matrix = matrix[columns]
-    show = ax is None if show is None else show
+    ax_given = ax is not None
     if ax is None:
         _, ax = plt.subplots(figsize=(0.3 * len(columns) + 3, 0.3 * len(matrix) + 2))
     image = ax.imshow(matrix.to_numpy(dtype=float), cmap=cmap, aspect="auto")
@@ -202,4 +223,4 @@ def perturbation_heatmap(
     ax.set_xlabel("affected gene")
     ax.set_ylabel("perturbed gene")
     ax.figure.colorbar(image, ax=ax, label="1 - cosine of the affected gene")
-    return _show(ax, show)
+    return finish(ax, "perturbation_heatmap", show=show, save=save, ax_given=ax_given)

@@ -11,11 +11,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 import scipy.sparse as sp
 
-from .._data import default_n_jobs, get_matrix, iter_row_chunks, ordered_parallel_map, resolve_adata
+from .._data import copy_data, default_n_jobs, get_matrix, iter_row_chunks, ordered_parallel_map, resolve_adata
 from .._encoding import encoding_keys
 from .._settings import logger
 from ..vocabulary import Vocabulary, get_vocabulary
 from ._gene_plan import GenePlan
+from ._orthologs import TITLE_CASE, looks_like_mouse
 from ._ranking import rank_chunk
 
 if TYPE_CHECKING:
@@ -109,10 +110,16 @@ def rank_encode(
         Sequence length including special tokens; 0 for cells that were filtered out or express no vocabulary gene.
     ``uns["geneformer"]``
         Parameters and mapping statistics.
+
+    Examples
+    --------
+    >>> adata = sgf.datasets.pbmc_example()
+    >>> sgf.pp.rank_encode(adata, vocabulary="V1", gene_id_key="ensembl_id")  # doctest: +SKIP
+    >>> adata.obs["geneformer_n_tokens"].median()  # doctest: +SKIP
     """
     start_time = time.perf_counter()
     if copy:
-        data = data.copy()
+        data = copy_data(data)
     adata = resolve_adata(data, mod)
     if adata.is_view:
         msg = "rank_encode cannot write into a view of an AnnData; call `.copy()` on it first."
@@ -134,13 +141,25 @@ def rank_encode(
     gene_ids = _gene_ids(adata, gene_id_key)
     plan = GenePlan.build(gene_ids, vocab, reference_quirks=reference_quirks)
     n_mapped = int((plan.var_token >= 0).sum())
+    mouse = looks_like_mouse(gene_ids)
+    mouse_hint = (
+        "They look like mouse genes, and Geneformer knows human genes only: map them first with "
+        "`sgf.pp.map_orthologs(adata, species='mouse')`, then encode with `gene_id_key='human_ensembl_id'`."
+    )
     if n_mapped == 0:
         example = ", ".join(map(str, list(gene_ids[:3])))
-        msg = (
-            f"None of the {adata.n_vars} gene identifiers (e.g. {example}) is in the {vocab.version} vocabulary. "
-            "Pass `gene_id_key=` naming a .var column of Ensembl IDs or gene symbols of human genes."
+        msg = f"None of the {adata.n_vars} gene identifiers (e.g. {example}) is in the {vocab.version} vocabulary. " + (
+            mouse_hint if mouse else "Pass `gene_id_key=` naming a .var column of human Ensembl IDs or symbols."
         )
         raise ValueError(msg)
+    if mouse:
+        examples = ", ".join(str(g) for g in gene_ids[:200] if TITLE_CASE.match(str(g)))[:60]
+        warnings.warn(
+            f"The gene identifiers look like mouse symbols (e.g. {examples}); upper-casing them matches some human "
+            f"genes by name only. {mouse_hint}",
+            UserWarning,
+            stacklevel=2,
+        )
     user_n_counts = None
     if n_counts_key is not None:
         user_n_counts = _obs_column(

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .._data import resolve_adata, writable_names
+from .._data import copy_data, resolve_adata, writable_names
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -68,7 +68,7 @@ def annotate(
     import pandas as pd
 
     if copy:
-        data = data.copy()
+        data = copy_data(data)
     adata = resolve_adata(data, mod)
     probabilities = model.predict(adata, soft=True, encoding_key=encoding_key, execution=execution)
     values = probabilities.to_numpy()

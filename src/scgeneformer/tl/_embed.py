@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from .._data import cell_mask, resolve_adata, writable_names
+from .._data import cell_mask, copy_data, resolve_adata, writable_names
 from .._settings import logger
 
 if TYPE_CHECKING:
@@ -29,7 +29,7 @@ def embed(
     *,
     layer: int = -1,
     pooling: Pooling = "mean",
-    key_added: str = "X_geneformer",
+    key_added: str = "geneformer",
     gene_embeddings: bool = False,
     gene_embedding_cells: np.ndarray | str | None = None,
     encoding_key: str = "geneformer",
@@ -64,7 +64,8 @@ def embed(
         ``"mean"``: average over gene tokens (``<cls>``, ``<eos>`` and padding excluded). ``"cls"``: the ``<cls>``
         token's state (V2 models only).
     key_added
-        Where the results go (see Returns).
+        Name of the results, as scanpy names its own (``sc.tl.pca`` writes ``obsm["X_pca"]`` and ``uns["pca"]``):
+        see Returns.
     gene_embeddings
         Also compute each gene's contextual embedding averaged over the cells where it appears. Genes mapping to
         the same token share it.
@@ -85,11 +86,11 @@ def embed(
     -------
     ``None``, or the copy when ``copy=True``. Written keys:
 
-    ``.obsm[key_added]``
-        Cell embeddings, float32 (NaN rows for cells that were not encoded).
-    ``.uns[key_added]``
+    ``.obsm[f"X_{key_added}"]``
+        Cell embeddings, float32 (NaN rows for cells that were not encoded): ``obsm["X_geneformer"]`` by default.
+    ``.uns[f"{key_added}_embed"]``
         ``{"params": {...}}``: layer, hidden state, pooling, model, vocabulary, encoding key.
-    ``.varm[key_added]``, ``.var[f"{key_added}_n_cells"]``
+    ``.varm[f"{key_added}_genes"]``, ``.var[f"{key_added}_genes_n_cells"]``
         With ``gene_embeddings``: each gene's mean contextual embedding (NaN for genes in no cell) and the number
         of cells it was averaged over.
 
@@ -101,7 +102,7 @@ def embed(
     """
     start = time.perf_counter()
     if copy:
-        data = data.copy()
+        data = copy_data(data)
     adata = resolve_adata(data, mod)
     info = model.encoding_info(adata, encoding_key=encoding_key)
     gene_cells = None
@@ -120,7 +121,7 @@ def embed(
         encoding_key=info.key,
         execution=execution,
     )
-    adata.obsm[key_added] = out.cells
+    adata.obsm[f"X_{key_added}"] = out.cells
     params = {
         "layer": layer,
         "hidden_state": out.hidden_state,
@@ -129,10 +130,10 @@ def embed(
         "vocabulary": model.vocabulary_version,
         "encoding_key": encoding_key,
     }
-    adata.uns[key_added] = {"params": params}
+    adata.uns[f"{key_added}_embed"] = {"params": params}
     if gene_embeddings:
-        adata.varm[key_added] = out.genes
-        adata.var[f"{key_added}_n_cells"] = out.gene_n_cells
+        adata.varm[f"{key_added}_genes"] = out.genes
+        adata.var[f"{key_added}_genes_n_cells"] = out.gene_n_cells
         params["gene_embedding_cells"] = int(gene_cells.sum())
     logger.info("embed: %d cells in %.1f s", adata.n_obs, time.perf_counter() - start)
     return data if copy else None

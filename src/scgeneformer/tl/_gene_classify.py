@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .._data import resolve_adata, writable_names
+from .._data import copy_data, resolve_adata, writable_names
 from .._execution import Execution
 from ..model import GeneLabels
 
@@ -70,7 +70,7 @@ def classify_genes(
     import pandas as pd
 
     if copy:
-        data = data.copy()
+        data = copy_data(data)
     adata = resolve_adata(data, mod)
     info = model.encoding_info(adata, encoding_key=encoding_key)
     cells = info.encoded_cells()

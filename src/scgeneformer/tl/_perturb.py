@@ -118,7 +118,7 @@ def perturb(
         the reference; use ``0`` with a fine-tuned classifier).
     vocabulary
         Dictionaries to name genes (a :class:`~scgeneformer.Vocabulary`, ``"V1"``/``"V2"`` or a folder); default:
-        the model's published vocabulary.
+        the folder the data were encoded from, if it still exists, else the model's published vocabulary.
     key_added
         Key of the results in ``.uns``.
     encoding_key
@@ -194,7 +194,7 @@ def perturb(
     goal = GoalStates.coerce(states)
     if goal is not None:
         _check_states(adata, info, goal)
-    vocab = _resolve_vocabulary(vocabulary, model)  # may download the published dictionaries: after cheap checks
+    vocab = _resolve_vocabulary(vocabulary, model, info)  # may download the published dictionaries: after cheap checks
     tokens = _resolve_genes(genes, adata, info, vocab)
     anchor = None if anchor_gene is None else _resolve_genes([anchor_gene], adata, info, vocab)[0]
     spec = PerturbationSpec(perturbation, tokens, anchor, rank_shift, reference_quirks)
@@ -252,10 +252,18 @@ def perturb(
 
 
 # -- validation ---------------------------------------------------------------------------------------------------
-def _resolve_vocabulary(vocabulary, model) -> Vocabulary:
+def _resolve_vocabulary(vocabulary, model, info: EncodingInfo) -> Vocabulary:
+    """The given vocabulary, else the dictionary folder the data were encoded from, else the published one."""
+    from pathlib import Path
+
     from ..vocabulary import get_vocabulary
 
-    vocab = get_vocabulary(vocabulary if vocabulary is not None else model.vocabulary_version)
+    if vocabulary is None:
+        source = Path(str(info.params.get("vocabulary_source", "")))
+        vocabulary = (
+            source if info.version == model.vocabulary_version and source.is_dir() else model.vocabulary_version
+        )
+    vocab = get_vocabulary(vocabulary)
     if vocab.version != model.vocabulary_version or len(vocab) != model.module.config.vocab_size:
         msg = (
             f"The vocabulary ({vocab.version}, {len(vocab)} tokens) does not match the model "

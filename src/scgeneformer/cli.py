@@ -1,0 +1,325 @@
+"""Command line: ``scgeneformer <command>`` (or ``python -m scgeneformer <command>``) on ``.h5ad``/``.h5mu`` files.
+
+Each command reads a file, runs the function of the same name of the Python API with the same options, and writes
+the result atomically (a temporary file renamed into place). Messages and progress go to stderr; errors print their
+text and exit with status 1 (2 for bad command-line usage).
+"""
+
+from __future__ import annotations
+
+import sys
+from enum import Enum, StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    name="scgeneformer",
+    help="Geneformer for scverse: rank-encode, embed, annotate and perturb cells in .h5ad files.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+Input = Annotated[Path, typer.Argument(help="Input .h5ad (or .h5mu) file.", exists=True, dir_okay=False)]
+Output = Annotated[Path, typer.Option("--output", "-o", help="Output .h5ad/.h5mu file (may be the input).")]
+Model = Annotated[
+    str, typer.Option("--model", "-m", help="Published checkpoint name, Hugging Face folder or saved model folder.")
+]
+
+
+class Precision(StrEnum):
+    """Precisions offered on the command line."""
+
+    auto = "auto"
+    fp32 = "32"
+    bf16 = "bf16"
+    fp16 = "16"
+
+
+def _execution(accelerator, devices, strategy, precision, token_budget, batch_size, progress):
+    import scgeneformer as sgf
+
+    return sgf.Execution(
+        accelerator=accelerator,
+        devices=None if devices in (None, 1) else devices,
+        strategy=strategy,
+        precision=precision.value if isinstance(precision, Enum) else precision,
+        token_budget=token_budget,
+        batch_size=batch_size,
+        progress_bar=progress,
+    )
+
+
+Accelerator = Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")]
+Devices = Annotated[int, typer.Option(help="Devices (processes) to spread the work over (Lightning).")]
+Strategy = Annotated[str, typer.Option(help="Lightning strategy with several devices, e.g. ddp.")]
+PrecisionOption = Annotated[Precision, typer.Option(help="Numerical precision.")]
+TokenBudget = Annotated[int | None, typer.Option(help="Padded tokens per batch (default by device).")]
+BatchSize = Annotated[int | None, typer.Option(help="At most this many cells per batch.")]
+Progress = Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bars on stderr.")]
+
+
+def _read(path: Path):
+    if path.suffix == ".h5mu":
+        import mudata
+
+        return mudata.read_h5mu(path)
+    import anndata
+
+    return anndata.read_h5ad(path)
+
+
+def _write(data, path: Path) -> None:
+    from ._io import atomic_path
+
+    with atomic_path(path) as temporary:
+        if type(data).__name__ == "MuData":
+            data.write_h5mu(temporary)
+        else:
+            data.write_h5ad(temporary)
+    typer.echo(f"wrote {path}", err=True)
+
+
+def _load_model(name: str):
+    import scgeneformer as sgf
+
+    return sgf.GeneformerModel.from_pretrained(name)
+
+
+@app.callback()
+def _options(
+    verbosity: Annotated[str, typer.Option(help="error, warning, info or debug.")] = "info",
+    local_files: Annotated[
+        Path | None,
+        typer.Option(help="Folder with copies of the published files (offline use).", envvar="SGF_LOCAL_FILES"),
+    ] = None,
+) -> None:
+    import scgeneformer as sgf
+
+    sgf.settings.verbosity = verbosity
+    if local_files is not None:
+        sgf.settings.local_files = local_files
+
+
+@app.command()
+def encode(
+    input: Input,
+    output: Output,
+    vocabulary: Annotated[str, typer.Option(help="V1, V2 or a folder of dictionary files.")] = "V2",
+    gene_id_key: Annotated[str | None, typer.Option(help=".var column with gene IDs (default: var_names).")] = None,
+    layer: Annotated[str | None, typer.Option(help="Layer with raw counts (default: X).")] = None,
+    n_counts_key: Annotated[str | None, typer.Option(help=".obs column with total counts.")] = None,
+    filter_key: Annotated[str | None, typer.Option(help="Boolean .obs column: encode only these cells.")] = None,
+    key_added: Annotated[str, typer.Option(help="Prefix of the keys written.")] = "geneformer",
+    allow_non_integer: Annotated[bool, typer.Option(help="Accept non-integer counts.")] = False,
+    reference_quirks: Annotated[bool, typer.Option(help="Reproduce the reference tokenizer exactly.")] = False,
+    chunk_size: Annotated[int, typer.Option(help="Cells encoded at a time.")] = 2048,
+) -> None:
+    """Rank-value encode cells (sgf.pp.rank_encode)."""
+    import scgeneformer as sgf
+
+    data = _read(input)
+    sgf.pp.rank_encode(
+        data,
+        vocabulary=vocabulary,
+        gene_id_key=gene_id_key,
+        layer=layer,
+        n_counts_key=n_counts_key,
+        filter_key=filter_key,
+        key_added=key_added,
+        allow_non_integer=allow_non_integer,
+        reference_quirks=reference_quirks,
+        chunk_size=chunk_size,
+    )
+    _write(data, output)
+
+
+@app.command()
+def embed(
+    input: Input,
+    output: Output,
+    model: Model,
+    layer: Annotated[int, typer.Option(help="Hidden state: -1 second to last, 0 last, k>0 layer k.")] = -1,
+    pooling: Annotated[str, typer.Option(help="mean or cls (V2).")] = "mean",
+    key_added: Annotated[
+        str, typer.Option(help="Name of the results: obsm['X_<name>'], uns['<name>_embed'].")
+    ] = "geneformer",
+    gene_embeddings: Annotated[bool, typer.Option(help="Also write gene embeddings into .varm.")] = False,
+    encoding_key: Annotated[str, typer.Option(help="key_added of the encoding.")] = "geneformer",
+    accelerator: Accelerator = "auto",
+    devices: Devices = 1,
+    strategy: Strategy = "auto",
+    precision: PrecisionOption = Precision.auto,
+    token_budget: TokenBudget = None,
+    batch_size: BatchSize = None,
+    progress: Progress = True,
+) -> None:
+    """Cell (and gene) embeddings (sgf.tl.embed)."""
+    import scgeneformer as sgf
+
+    data = _read(input)
+    sgf.tl.embed(
+        data,
+        _load_model(model),
+        layer=layer,
+        pooling=pooling,
+        key_added=key_added,
+        gene_embeddings=gene_embeddings,
+        encoding_key=encoding_key,
+        execution=_execution(accelerator, devices, strategy, precision, token_budget, batch_size, progress),
+    )
+    _write(data, output)
+
+
+@app.command()
+def annotate(
+    input: Input,
+    output: Output,
+    model: Model,
+    key_added: Annotated[str, typer.Option(help="obs key of the labels.")] = "geneformer_label",
+    encoding_key: Annotated[str, typer.Option(help="key_added of the encoding.")] = "geneformer",
+    accelerator: Accelerator = "auto",
+    devices: Devices = 1,
+    strategy: Strategy = "auto",
+    precision: PrecisionOption = Precision.auto,
+    token_budget: TokenBudget = None,
+    batch_size: BatchSize = None,
+    progress: Progress = True,
+) -> None:
+    """Cell labels from a fine-tuned classifier (sgf.tl.annotate)."""
+    import scgeneformer as sgf
+
+    data = _read(input)
+    sgf.tl.annotate(
+        data,
+        _load_model(model),
+        key_added=key_added,
+        encoding_key=encoding_key,
+        execution=_execution(accelerator, devices, strategy, precision, token_budget, batch_size, progress),
+    )
+    _write(data, output)
+
+
+@app.command()
+def perturb(
+    input: Input,
+    output: Output,
+    model: Model,
+    genes: Annotated[
+        list[str] | None, typer.Option("--gene", "-g", help="Gene perturbed (repeat for a set); default: all genes.")
+    ] = None,
+    perturbation: Annotated[str, typer.Option(help="delete, overexpress, inhibit or activate.")] = "delete",
+    state_key: Annotated[str | None, typer.Option(help="Goal-state mode: .obs column of the states.")] = None,
+    start_state: Annotated[str | None, typer.Option(help="State whose cells are perturbed.")] = None,
+    goal_state: Annotated[str | None, typer.Option(help="State to move toward.")] = None,
+    alt_state: Annotated[list[str] | None, typer.Option(help="Alternative state (repeatable).")] = None,
+    cells_key: Annotated[str | None, typer.Option(help="Boolean .obs column selecting the cells.")] = None,
+    max_cells: Annotated[int | None, typer.Option(help="Perturb at most this many cells.")] = None,
+    layer: Annotated[int, typer.Option(help="Hidden state compared.")] = -1,
+    pooling: Annotated[str | None, typer.Option(help="mean or cls (default by model).")] = None,
+    gene_shifts: Annotated[bool, typer.Option(help="Also report every other gene's shift.")] = False,
+    vocabulary: Annotated[str | None, typer.Option(help="Dictionaries naming the genes.")] = None,
+    key_added: Annotated[str, typer.Option(help="uns key of the results.")] = "geneformer_perturb",
+    table: Annotated[Path | None, typer.Option(help="Also write the per-cell table as CSV.")] = None,
+    encoding_key: Annotated[str, typer.Option(help="key_added of the encoding.")] = "geneformer",
+    accelerator: Accelerator = "auto",
+    devices: Devices = 1,
+    strategy: Strategy = "auto",
+    precision: PrecisionOption = Precision.auto,
+    token_budget: TokenBudget = None,
+    batch_size: BatchSize = None,
+    progress: Progress = True,
+) -> None:
+    """In silico perturbation (sgf.tl.perturb); results in .uns[key_added]."""
+    import scgeneformer as sgf
+
+    states = None
+    if any(v is not None for v in (state_key, start_state, goal_state)) or alt_state:
+        states = {"state_key": state_key, "start_state": start_state, "goal_state": goal_state}
+        states["alt_states"] = list(alt_state or [])
+    data = _read(input)
+    sgf.tl.perturb(
+        data,
+        _load_model(model),
+        genes or "all",
+        perturbation=perturbation,
+        states=states,
+        cells=cells_key,
+        max_cells=max_cells,
+        layer=layer,
+        pooling=pooling,
+        gene_shifts=gene_shifts,
+        vocabulary=vocabulary,
+        key_added=key_added,
+        encoding_key=encoding_key,
+        execution=_execution(accelerator, devices, strategy, precision, token_budget, batch_size, progress),
+    )
+    _write(data, output)
+    if table is not None:
+        from ._data import resolve_adata
+        from ._io import atomic_write
+
+        with atomic_write(table, "w", encoding="utf-8") as f:
+            resolve_adata(data).uns[key_added]["cells"].to_csv(f, index=False)
+
+
+@app.command()
+def stats(
+    input: Input,
+    output: Annotated[Path, typer.Option("--output", "-o", help="CSV file of the statistics.")],
+    mode: Annotated[str, typer.Option(help="goal_state_shift, vs_null, mixture_model, aggregate_data, ...")],
+    key: Annotated[str, typer.Option(help="uns key of the perturbation results.")] = "geneformer_perturb",
+    null: Annotated[Path | None, typer.Option(help="File with the null run's results (vs_null).")] = None,
+    alpha: Annotated[float, typer.Option(help="FDR threshold of 'significant'.")] = 0.05,
+) -> None:
+    """Statistics of perturbation results (sgf.tl.perturbation_stats), as CSV."""
+    import scgeneformer as sgf
+
+    from ._io import atomic_write
+
+    table = sgf.tl.perturbation_stats(
+        _read(input), mode, key=key, null=None if null is None else _read(null), alpha=alpha, inplace=False
+    )
+    with atomic_write(output, "w", encoding="utf-8") as f:
+        table.to_csv(f, index=False)
+    typer.echo(f"wrote {output} ({len(table)} rows)", err=True)
+
+
+@app.command()
+def models() -> None:
+    """List the published checkpoints (tab-separated)."""
+    import scgeneformer as sgf
+
+    typer.echo(sgf.list_models().to_csv(sep="\t"), nl=False)
+
+
+@app.command()
+def demo(
+    model: Annotated[str, typer.Option(help="Checkpoint name or folder.")] = "Geneformer-V1-10M",
+    local_files: Annotated[Path | None, typer.Option(help="Folder with copies of the published files.")] = None,
+) -> None:
+    """Run the main job end to end on the bundled PBMC example."""
+    from .demo import local_files_folder, run_demo
+
+    run_demo(model, local_files_folder(None if local_files is None else str(local_files)))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of ``scgeneformer`` and ``python -m scgeneformer``."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        typer.echo("aborted", err=True)
+        sys.exit(1)
+    except Exception as e:  # noqa: BLE001 - every failure becomes a clear message and a non-zero status
+        if callable(getattr(e, "show", None)) and isinstance(getattr(e, "exit_code", None), int):
+            e.show()  # a usage error of the command line (exit status 2)
+            sys.exit(e.exit_code)
+        # KeyError's str() adds quotes around the message
+        text = e.args[0] if isinstance(e, KeyError) and e.args and isinstance(e.args[0], str) else str(e)
+        typer.echo(f"error: {text}", err=True)
+        sys.exit(1)
