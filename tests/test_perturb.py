@@ -220,8 +220,9 @@ def test_errors_come_before_any_forward_pass(setup, monkeypatch):
     with pytest.raises(ValueError, match="must all differ"):
         run(adata, model, vocab, states={"state_key": "state", "start_state": "a", "goal_state": "a"})
     unexpressed = vocab.id_to_gene[len(vocab) - 1]
-    with pytest.raises(ValueError, match="No encoded cells expressing"):
-        run(adata, model, vocab, [unexpressed])
+    symbol = vocab.id_to_symbol[len(vocab) - 1]
+    with pytest.raises(ValueError, match=f"No encoded cells expressing all of {symbol} \\({unexpressed}\\)"):
+        run(adata, model, vocab, [unexpressed])  # errors name genes, not token ids
     with pytest.raises(ValueError, match="genes='all'"):
         run(adata, model, vocab, [unexpressed], anchor_gene=unexpressed)
     other = make_vocabulary("V1" if vocab.has_special_tokens else "V2")

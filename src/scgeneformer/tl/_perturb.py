@@ -200,7 +200,7 @@ def perturb(
     spec = PerturbationSpec(perturbation, tokens, anchor, rank_shift, reference_quirks)
     execution = Execution.coerce(execution)
 
-    selected = _select_cells(adata, info, cells, goal, spec, max_cells, random_state)
+    selected = _select_cells(adata, info, cells, goal, spec, max_cells, random_state, vocab)
     state_matrix = None
     if goal is not None:
         state_matrix = _state_matrix(adata, model, goal, state_embeddings, layer, pooling, encoding_key, execution)
@@ -367,7 +367,7 @@ def _state_matrix(adata, model, goal: GoalStates, given, layer, pooling, encodin
     return matrix
 
 
-def _select_cells(adata, info, cells, goal: GoalStates | None, spec: PerturbationSpec, max_cells, random_state):
+def _select_cells(adata, info, cells, goal: GoalStates | None, spec: PerturbationSpec, max_cells, random_state, vocab):
     """Positions of the cells to perturb, longest first (ties in data order), as the reference processes them."""
     mask = info.lengths > 0
     if cells is not None:
@@ -378,7 +378,8 @@ def _select_cells(adata, info, cells, goal: GoalStates | None, spec: Perturbatio
     if required:
         mask &= info.cells_holding(required, every=True)
     if not mask.any():
-        need = "" if not required else f" expressing all of the tokens {required}"
+        names = ", ".join(f"{vocab.id_to_symbol[t]} ({vocab.id_to_gene[t]})" for t in required)
+        need = "" if not required else f" expressing all of {names}"
         msg = f"No encoded cells{need} are left after the cell filters."
         raise ValueError(msg)
     selected = np.flatnonzero(mask)
