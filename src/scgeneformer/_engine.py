@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ._batching import CellPositions, LengthGroupedBatchSampler, SequenceCollator, iter_batches
-from ._execution import Execution, lightning_run
+from ._execution import Execution, lightning_run, progress_bar
 
 if TYPE_CHECKING:
     from ._encoding import EncodingInfo
@@ -162,12 +162,10 @@ def run_inference(
     if execution.distributed:
         _run_lightning(module, info, encoded, compute, results, execution)
         return results
-    from tqdm.auto import tqdm
-
     device = execution.device
     budget = execution.token_budget_for(device.type)
     with (
-        tqdm(total=len(encoded), desc=description, unit="cell", disable=not execution.show_progress) as bar,
+        progress_bar(total=len(encoded), desc=description, unit="cell", disable=not execution.show_progress) as bar,
         inference(module, device, execution),
     ):
         for batch in iter_batches(info, encoded, token_budget=budget, max_cells=execution.batch_size):

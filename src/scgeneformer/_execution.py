@@ -259,3 +259,16 @@ def trainer_defaults(n_batches: int | None = None) -> dict[str, Any]:
     if n_batches:
         defaults["log_every_n_steps"] = max(1, min(50, n_batches))
     return defaults
+
+
+def progress_bar(**kwargs):
+    """A tqdm progress bar on stderr: a notebook widget where ipywidgets is installed, text otherwise.
+
+    ``tqdm.auto`` warns in notebooks without ipywidgets; the text bar works everywhere.
+    """
+    try:
+        import ipywidgets  # noqa: F401
+        from tqdm.auto import tqdm
+    except ImportError:
+        from tqdm import tqdm
+    return tqdm(**kwargs)

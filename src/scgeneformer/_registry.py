@@ -75,10 +75,24 @@ DICTIONARY_FILES: dict[str, dict[str, RemoteFile]] = {
 }
 
 
+def import_pooch():
+    """pooch, imported without tqdm's notebook warning.
+
+    pooch imports ``tqdm.auto`` when it is imported, which warns in notebooks without ipywidgets ("IProgress not
+    found"). We never use pooch's own progress bars (we pass ours), so that warning concerns nothing we show.
+    """
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="IProgress not found")
+        import pooch
+    return pooch
+
+
 @contextlib.contextmanager
 def pooch_at_our_verbosity():
     """Pooch logs every download and cache look-up at INFO, with local paths; show that only at ``verbosity="info"``."""
-    import pooch
+    pooch = import_pooch()
 
     pooch_logger = pooch.get_logger()
     level = pooch_logger.level
@@ -101,7 +115,7 @@ def fetch(file: RemoteFile, *, base_url: str | None = None, progressbar: bool = 
     downloading. Downloads go to a temporary file that only replaces the cached copy once its sha256 matches, so an
     interrupted or corrupted download never leaves a broken file in the cache.
     """
-    import pooch
+    pooch = import_pooch()
 
     target = Path(settings.cache_dir) / file.path
     if not (target.is_file() and target.stat().st_size == file.size) and settings.local_files is not None:
@@ -116,6 +130,12 @@ def fetch(file: RemoteFile, *, base_url: str | None = None, progressbar: bool = 
     url = cache.get_url(file.path)
     logger.debug("fetching %s from %s into %s", file.path, url, settings.cache_dir)
     # A timeout so that a firewalled or offline machine fails fast instead of hanging.
+    if progressbar and settings.progress_bar:
+        from ._execution import progress_bar
+
+        progressbar = progress_bar(total=file.size, unit="B", unit_scale=True, desc=Path(file.path).name)
+    else:
+        progressbar = False
     downloader = pooch.HTTPDownloader(progressbar=progressbar, timeout=(15, 300))
     try:
         with pooch_at_our_verbosity():

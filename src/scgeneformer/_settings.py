@@ -102,9 +102,9 @@ class Settings:
         env = os.environ.get("SGF_CACHE_DIR")
         if env:
             return Path(env).expanduser()
-        import pooch
+        from ._registry import import_pooch
 
-        return Path(pooch.os_cache("scgeneformer"))
+        return Path(import_pooch().os_cache("scgeneformer"))
 
     @cache_dir.setter
     def cache_dir(self, value: str | os.PathLike | None) -> None:

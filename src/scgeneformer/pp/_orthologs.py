@@ -74,9 +74,10 @@ def ortholog_table(species: str = "mouse") -> pd.DataFrame:
     import zipfile
 
     import pandas as pd
-    import pooch
 
-    from .._registry import DownloadError, RemoteFile, _seed_from, pooch_at_our_verbosity
+    from .._registry import DownloadError, RemoteFile, _seed_from, import_pooch, pooch_at_our_verbosity
+
+    pooch = import_pooch()
 
     if species not in ORTHOLOG_SOURCES:
         msg = f"No ortholog table for species {species!r}; available: {sorted(ORTHOLOG_SOURCES)}."

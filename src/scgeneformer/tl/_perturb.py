@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from .._data import cell_mask, resolve_adata
-from .._execution import Execution
+from .._execution import Execution, progress_bar
 from .._settings import logger
 from . import _perturb_ops as ops
 from ._perturb_spec import GoalStates, Perturbation, PerturbationSpec
@@ -217,11 +217,11 @@ def perturb(
         gene_shifts=gene_shifts,
         token_budget=execution.token_budget_for(device.type),
     )
-    from tqdm.auto import tqdm
-
     labels: list[list[tuple[int, ...]]] = []
     with (
-        tqdm(total=n_perturbations, desc="perturbations", unit="seq", disable=not execution.show_progress) as bar,
+        progress_bar(
+            total=n_perturbations, desc="perturbations", unit="seq", disable=not execution.show_progress
+        ) as bar,
         inference(model.module, device, execution) as module,
     ):
         results = list(run_perturbations(module, _recording(jobs, labels), engine, progress=bar))
