@@ -36,7 +36,8 @@ def inference(module: torch.nn.Module, device: torch.device, execution: Executio
 
     The module's training mode is restored afterwards.
     """
-    module = module.to(device)
+    if not getattr(module, "quantized", False):  # bitsandbytes places quantized weights itself
+        module = module.to(device)
     was_training = module.training
     module.eval()
     try:

@@ -38,6 +38,7 @@ def card_facts(model: GeneformerModel) -> dict[str, Any]:
         },
         "classes": model.classes,
         "gene_classes": model.gene_classes,
+        "lora": None if model.lora_settings is None else model.lora_settings.to_params(),
         "scgeneformer_version": __version__,
         "saved": date.today().isoformat(),
     }
@@ -77,7 +78,10 @@ def write_model_card(model: GeneformerModel, folder: Path, prefix: str = "") -> 
             **facts["architecture"]
         ),
     ]
-    if model.classes:
+    if isinstance(model.classes, dict):
+        for task, classes in model.classes.items():
+            lines.append(f"- Cell classes of `{task}`: {', '.join(map(str, classes))}")
+    elif model.classes:
         lines.append(f"- Cell classes: {', '.join(map(str, model.classes))}")
     if model.gene_classes:
         lines.append(f"- Gene classes: {', '.join(map(str, model.gene_classes))}")

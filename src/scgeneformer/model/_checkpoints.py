@@ -65,6 +65,8 @@ class Checkpoint:
     revision: str = HF_REVISION
     aliases: tuple[str, ...] = ()
     description: str = ""
+    #: Class names of a published classifier, in the order of its label ids (the checkpoint says LABEL_0…).
+    classes: tuple[str, ...] | None = None
 
     @property
     def n_parameters(self) -> int:
@@ -199,6 +201,9 @@ _CHECKPOINTS = [
         _config(6, 256, 4, 512, 0.02, _V1) | {"architectures": ["BertForSequenceClassification"], "num_labels": 3},
         aliases=("cardiomyopathy-classifier",),
         description="V1-10M fine-tuned on cardiomyocytes: non-failing / hypertrophic / dilated (3 labels)",
+        # The checkpoint's config names its labels LABEL_0..2; the reference's cardiomyopathy example labels them
+        # nf, hcm, dcm in this order (non-failing, hypertrophic and dilated cardiomyopathy).
+        classes=("non-failing", "hypertrophic", "dilated"),
     ),
 ]
 

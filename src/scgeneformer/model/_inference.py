@@ -303,6 +303,7 @@ class InferenceMixin:
         -------
         ``soft=False``: a :class:`pandas.Categorical` of labels (NaN for cells that were not encoded).
         ``soft=True``: a DataFrame of class probabilities indexed by obs names (NaN rows for cells not encoded).
+        A multitask classifier gives ``{task: ...}`` of these.
 
         Examples
         --------
@@ -317,20 +318,29 @@ class InferenceMixin:
         info = self.encoding_info(adata, encoding_key=encoding_key, mod=mod)
         cells = self._cells(info, indices)
 
-        def compute(module, batch_cells, ids, mask):
-            return {"cells": torch.softmax(module.classify(ids, mask).float(), -1)}
+        tasks = self.classes if isinstance(self.classes, dict) else {None: list(self.classes)}
 
-        results = InferenceResults(cells, info.n_cells, cell_width=len(self.classes))
+        def compute(module, batch_cells, ids, mask):
+            logits = module.classify(ids, mask)
+            parts = logits.values() if isinstance(logits, dict) else [logits]
+            return {"cells": torch.cat([torch.softmax(part.float(), -1) for part in parts], dim=1)}
+
+        results = InferenceResults(cells, info.n_cells, cell_width=sum(len(c) for c in tasks.values()))
         run_inference(
             self.module, info, cells, compute, results, Execution.coerce(execution), description="classifying"
         )
-        probabilities = results.cell_values
-        if soft:
-            return pd.DataFrame(probabilities, index=info.adata.obs_names[cells], columns=list(self.classes))
-        encoded = ~np.isnan(probabilities).any(1)
-        codes = np.full(len(cells), -1)
-        codes[encoded] = probabilities[encoded].argmax(1)
-        return pd.Categorical.from_codes(codes, categories=list(self.classes))
+        out, start = {}, 0
+        for task, classes in tasks.items():
+            probabilities = results.cell_values[:, start : start + len(classes)]
+            start += len(classes)
+            if soft:
+                out[task] = pd.DataFrame(probabilities, index=info.adata.obs_names[cells], columns=list(classes))
+            else:
+                encoded = ~np.isnan(probabilities).any(1)
+                codes = np.full(len(cells), -1)
+                codes[encoded] = probabilities[encoded].argmax(1)
+                out[task] = pd.Categorical.from_codes(codes, categories=list(classes))
+        return out if isinstance(self.classes, dict) else out[None]
 
     def predict_genes(
         self,

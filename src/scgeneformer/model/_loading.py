@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 import re
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from .._io import UnsafeContentError
 from .._settings import logger
@@ -104,11 +106,74 @@ def check_weights_against_config(folder: Path, config: dict, vocabulary: str | N
         raise ValueError(msg)
 
 
-def load_hf_weights(folder: Path, vocabulary: str | None = None):
-    """A ``BertForMaskedLM`` with the weights of a Hugging Face folder (SDPA attention), checked for completeness.
+@dataclass
+class ClassifierHead:
+    """The head of a Hugging Face classification checkpoint, read from its weights.
 
-    Missing encoder or embedding weights are an error naming them; weights the model does not use are reported in a
-    warning; a missing masked-gene head (classifier checkpoints) is initialised and logged.
+    ``kind`` is ``"cell"`` (``BertForSequenceClassification``: pooler and linear layer on the first token) or
+    ``"gene"`` (``BertForTokenClassification``: a linear layer on every token).
+    """
+
+    kind: str
+    labels: list[str]
+    weight: torch.Tensor
+    bias: torch.Tensor
+    pooler: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    @property
+    def consumed(self) -> set[str]:
+        """Names of the checkpoint tensors this head uses."""
+        names = {"classifier.weight", "classifier.bias"}
+        if self.pooler is not None:
+            names |= {"bert.pooler.dense.weight", "bert.pooler.dense.bias"}
+        return names
+
+
+_HEAD_KINDS = {"BertForSequenceClassification": "cell", "BertForTokenClassification": "gene"}
+
+
+def read_tensors(folder: Path, names: set[str]) -> dict[str, torch.Tensor]:
+    """The named tensors of a Hugging Face folder's weights (those present), read without executing code."""
+    safetensors_file = folder / "model.safetensors"
+    if safetensors_file.is_file():
+        from safetensors import safe_open
+
+        with safe_open(safetensors_file, framework="pt") as f:
+            return {name: f.get_tensor(name) for name in names if name in f.keys()}
+    state = torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    return {name: state[name] for name in names if name in state}
+
+
+def classifier_head(folder: Path, config: dict) -> ClassifierHead | None:
+    """The classification head of a ``BertForSequenceClassification``/``BertForTokenClassification`` folder."""
+    architectures = config.get("architectures") or []
+    kind = next((_HEAD_KINDS[a] for a in architectures if a in _HEAD_KINDS), None)
+    if kind is None:
+        return None
+    tensors = read_tensors(
+        folder, {"classifier.weight", "classifier.bias", "bert.pooler.dense.weight", "bert.pooler.dense.bias"}
+    )
+    if "classifier.weight" not in tensors:
+        msg = f"{folder} is a {architectures[0]} checkpoint without its classifier weights."
+        raise ValueError(msg)
+    n_labels = tensors["classifier.weight"].shape[0]
+    id2label = config.get("id2label") or {}
+    labels = [str(id2label.get(str(i), id2label.get(i, f"LABEL_{i}"))) for i in range(n_labels)]
+    pooler = None
+    if kind == "cell":
+        if "bert.pooler.dense.weight" not in tensors:
+            msg = f"{folder} is a sequence classifier without its pooler weights (bert.pooler.dense)."
+            raise ValueError(msg)
+        pooler = (tensors["bert.pooler.dense.weight"], tensors["bert.pooler.dense.bias"])
+    return ClassifierHead(kind, labels, tensors["classifier.weight"], tensors["classifier.bias"], pooler)
+
+
+def load_hf_weights(folder: Path, vocabulary: str | None = None):
+    """A ``BertForMaskedLM`` with a Hugging Face folder's weights, and the folder's classification head (or ``None``).
+
+    The model uses SDPA attention and is checked for completeness. Missing encoder or embedding weights are an error
+    naming them; weights the model does not use are reported in a warning; a missing masked-gene head (classifier
+    checkpoints) is initialised and logged.
     """
     import json
 
@@ -124,6 +189,7 @@ def load_hf_weights(folder: Path, vocabulary: str | None = None):
         msg = f"{folder}/config.json is not a readable JSON file ({e})."
         raise ValueError(msg) from e
     check_weights_against_config(folder, config, vocabulary)
+    head = classifier_head(folder, config)
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # its load report goes to the terminal; the checks below say what matters
     hf_logging.disable_progress_bar()
@@ -147,7 +213,7 @@ def load_hf_weights(folder: Path, vocabulary: str | None = None):
         raise ValueError(msg)
     if missing:
         logger.info("%s has no masked-gene head (%d tensors); it is initialised randomly.", folder, len(missing))
-    unexpected = sorted(info.get("unexpected_keys", []))
+    unexpected = sorted(set(info.get("unexpected_keys", [])) - (head.consumed if head is not None else set()))
     if unexpected:
         warnings.warn(
             f"{folder} holds {len(unexpected)} tensors the masked-gene model does not use "
@@ -155,7 +221,7 @@ def load_hf_weights(folder: Path, vocabulary: str | None = None):
             UserWarning,
             stacklevel=3,
         )
-    return model
+    return model, head
 
 
 def plain_config(config) -> dict:

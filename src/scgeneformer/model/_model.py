@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from scvi.data import AnnDataManager
 from scvi.data.fields import CategoricalObsField, LayerField, NumericalObsField
@@ -17,6 +18,7 @@ from .._execution import Execution, lightning_run, trainer_defaults
 from ._checkpoints import get_checkpoint
 from ._inference import InferenceMixin
 from ._loading import VOCABULARY_BY_SIZE, data_free_registry, load_hf_weights, plain_config
+from ._lora import LoraSettings
 from ._module import GeneformerModule
 from ._tasks import CellClassificationTask, GeneClassificationTask, MaskedGeneTask, TrainingTask
 from ._training import check_plan_kwargs
@@ -81,11 +83,14 @@ class GeneformerModel(InferenceMixin, BaseModelClass):
     checkpoint
         Name or path of the checkpoint the weights came from (informational).
     classes
-        Class names of a cell-classification head (set by :meth:`train_classifier`).
+        Class names of a cell-classification head (set by :meth:`train_classifier`), or ``{task: class names}`` for
+        a multitask classifier.
     classifier_pooling
-        ``"mean"`` or ``"cls"``: the pooled embedding the classification head reads.
+        ``"mean"``, ``"cls"`` or ``"pooler"``: the pooled embedding the classification heads read.
     gene_classes
         Class names of a gene-classification head (set by :meth:`train_gene_classifier`).
+    lora
+        Settings of LoRA adapters in the encoder (set by :meth:`add_lora`).
 
     Examples
     --------
@@ -103,9 +108,10 @@ class GeneformerModel(InferenceMixin, BaseModelClass):
         bert_config: dict,
         vocabulary: str | None = None,
         checkpoint: str | None = None,
-        classes: list[str] | None = None,
+        classes: list[str] | dict[str, list[str]] | None = None,
         classifier_pooling: str = "mean",
         gene_classes: list[str] | None = None,
+        lora: dict | None = None,
     ) -> None:
         if adata is None and registry is None:
             registry = data_free_registry(type(self).__name__)
@@ -116,15 +122,25 @@ class GeneformerModel(InferenceMixin, BaseModelClass):
         if vocabulary not in ("V1", "V2"):
             msg = "Cannot tell the model's vocabulary from its vocab_size; pass vocabulary='V1' or 'V2'."
             raise ValueError(msg)
+        if isinstance(classes, dict):
+            n_classes = {task: len(names) for task, names in classes.items()}
+        else:
+            n_classes = None if classes is None else len(classes)
         self.module = GeneformerModule(
             bert_config,
-            n_classes=None if classes is None else len(classes),
+            n_classes=n_classes,
             classifier_pooling=classifier_pooling,
             special_tokens=vocabulary == "V2",
             n_gene_classes=None if gene_classes is None else len(gene_classes),
         )
         self.module.eval()  # inference mode until trained: no dropout
-        self.classes = None if classes is None else list(classes)
+        self.lora_settings = None
+        if lora is not None:
+            self._inject_lora(LoraSettings(**lora))
+        if isinstance(classes, dict):
+            self.classes = {task: list(names) for task, names in classes.items()}
+        else:
+            self.classes = None if classes is None else list(classes)
         self.gene_classes = None if gene_classes is None else list(gene_classes)
         self.vocabulary_version = vocabulary
         self.checkpoint = checkpoint
@@ -202,6 +218,7 @@ class GeneformerModel(InferenceMixin, BaseModelClass):
         *,
         vocabulary: str | None = None,
         revision: str | None = None,
+        quantization: str | None = None,
     ) -> GeneformerModel:
         """Load published weights by name (see :func:`scgeneformer.list_models`), a folder or a Hugging Face repo.
 
@@ -220,11 +237,26 @@ class GeneformerModel(InferenceMixin, BaseModelClass):
             ``"V1"``/``"V2"``; needed only for a local folder whose ``vocab_size`` is not a Geneformer one.
         revision
             Commit or tag of a Hugging Face repository (default: its main branch).
+        quantization
+            ``"8bit"`` or ``"4bit"``: load the encoder quantized with bitsandbytes, on a CUDA GPU, for inference
+            (``quantization`` extra). Training needs full-precision weights.
+
+        Notes
+        -----
+        Checkpoints of ``BertForSequenceClassification`` (e.g. ``"cardiomyopathy-classifier"``) load as cell
+        classifiers with their head, BERT's pooler and class names (``config.json``'s ``id2label``, or for published
+        classifiers the registry's names), so :func:`scgeneformer.tl.annotate` works with them directly;
+        ``BertForTokenClassification`` checkpoints load as gene classifiers.
 
         Examples
         --------
         >>> model = sgf.GeneformerModel.from_pretrained("Geneformer-V2-104M")  # doctest: +SKIP
         """
+        bits = None
+        if quantization is not None:
+            from ._lora import check_quantization
+
+            bits = check_quantization(quantization)  # before anything is downloaded
         checkpoint = get_checkpoint(str(name_or_path))
         if checkpoint is not None:
             folder = checkpoint.local_folder()
@@ -243,11 +275,60 @@ class GeneformerModel(InferenceMixin, BaseModelClass):
                 )
                 raise FileNotFoundError(msg)
             label = str(name_or_path) if not Path(name_or_path).exists() else str(folder)
-        hf_model = load_hf_weights(folder, vocabulary)
+        if bits is not None:
+            return cls._quantized(folder, adata, vocabulary, label, bits)
+        hf_model, head = load_hf_weights(folder, vocabulary)
         bert_config = plain_config(hf_model.config)
         with torch.device("meta"):  # skip the random initialisation that the weights replace anyway
             model = cls(adata, bert_config=bert_config, vocabulary=vocabulary, checkpoint=label)
         model.module.mlm = hf_model
+        if head is not None:
+            names = list(checkpoint.classes) if checkpoint is not None and checkpoint.classes else head.labels
+            model._install_head(head, names)
+        model.module.eval()
+        return model
+
+    def _install_head(self, head, names: list[str]) -> None:
+        """Put a checkpoint's classification head (and pooler) on the model, with its class names."""
+        from ._module import classification_head
+
+        hidden = self.module.config.hidden_size
+        layer = classification_head(hidden, len(names), self.module.config.hidden_dropout_prob)
+        with torch.no_grad():
+            layer[1].weight.copy_(head.weight)
+            layer[1].bias.copy_(head.bias)
+        if head.kind == "gene":
+            self.module.gene_classifier = layer
+            self.gene_classes = list(names)
+            self.init_params_["non_kwargs"].update(gene_classes=self.gene_classes)
+            return
+        from transformers.models.bert.modeling_bert import BertPooler
+
+        pooler = BertPooler(self.module.config)
+        with torch.no_grad():
+            pooler.dense.weight.copy_(head.pooler[0])
+            pooler.dense.bias.copy_(head.pooler[1])
+        self.module.classifier, self.module.pooler, self.module.classifier_pooling = layer, pooler, "pooler"
+        self.classes = list(names)
+        self.init_params_["non_kwargs"].update(classes=self.classes, classifier_pooling="pooler")
+
+    @classmethod
+    def _quantized(cls, folder: Path, adata, vocabulary: str | None, label: str, bits: int):
+        import json
+
+        from .._execution import Execution
+        from ._loading import classifier_head
+        from ._lora import quantized_bert
+
+        hf_model = quantized_bert(folder, bits, Execution().device)
+        bert_config = plain_config(hf_model.config)
+        with torch.device("meta"):
+            model = cls(adata, bert_config=bert_config, vocabulary=vocabulary, checkpoint=f"{label} ({bits}-bit)")
+        model.module.mlm = hf_model
+        head = classifier_head(folder, json.loads((folder / "config.json").read_text()))
+        if head is not None:
+            model._install_head(head, head.labels)
+            model.module.classifier.to(Execution().device)
         model.module.eval()
         return model
 
@@ -348,6 +429,87 @@ class GeneformerModel(InferenceMixin, BaseModelClass):
         clone._model_summary_string = clone._summary()
         return clone
 
+    # -- parameter-efficient fine-tuning ---------------------------------------------------------------------------
+    def add_lora(
+        self,
+        r: int = 8,
+        alpha: float = 16,
+        dropout: float = 0.1,
+        target_modules: Sequence[str] = ("query", "key", "value"),
+    ) -> None:
+        """Add LoRA adapters (``peft``) to the encoder; training then updates only them and the task heads.
+
+        Every training method (:meth:`train`, :meth:`train_classifier`, :meth:`train_gene_classifier`) trains the
+        adapters instead of the encoder's weights, which stay as they are: a fraction of the parameters and of the
+        optimiser's memory. The adapters are saved and loaded with the model, work in every tool (embeddings,
+        annotation, perturbation), and :meth:`merge_lora` folds them into the weights. Needs the ``lora`` extra
+        (``pip install 'scgeneformer[lora]'``).
+
+        Parameters
+        ----------
+        r
+            Rank of each adapter.
+        alpha
+            Scaling of the adapters' update (``alpha / r``).
+        dropout
+            Dropout on the adapters' input.
+        target_modules
+            Linear layers that get adapters: ``("query", "key", "value")`` (attention) or, adding ``"dense"``, the
+            feed-forward and attention-output layers too.
+
+        Examples
+        --------
+        >>> model = sgf.GeneformerModel.from_pretrained("Geneformer-V2-104M", adata)  # doctest: +SKIP
+        >>> model.add_lora(r=8)  # doctest: +SKIP
+        >>> model.train_classifier(labels_key="cell_type")  # doctest: +SKIP
+        """
+        if self.lora_settings is not None:
+            msg = "The model has LoRA adapters already; merge them first with `merge_lora()` to add new ones."
+            raise ValueError(msg)
+        settings = LoraSettings(r=r, alpha=alpha, dropout=dropout, target_modules=list(target_modules))
+        self._inject_lora(settings)
+        self.init_params_["non_kwargs"]["lora"] = settings.to_params()
+
+    def _inject_lora(self, settings: LoraSettings) -> None:
+        from ._lora import inject_lora
+
+        inject_lora(self.module.mlm.bert, settings)
+        self.lora_settings = settings
+
+    def merge_lora(self) -> int:
+        """Fold the LoRA adapters into the encoder's weights and remove them; returns how many were merged.
+
+        The merged model computes the same outputs without the adapters' overhead.
+
+        Examples
+        --------
+        >>> model.merge_lora()  # doctest: +SKIP
+        """
+        from ._lora import merge_lora
+
+        merged = merge_lora(self.module.mlm.bert)
+        self.lora_settings = None
+        self.init_params_["non_kwargs"]["lora"] = None
+        return merged
+
+    def trainable_parameters(self) -> tuple[int, int]:
+        """``(trainable, total)`` parameter counts as the next training would set them (with the current heads).
+
+        Examples
+        --------
+        >>> model.add_lora(r=8)  # doctest: +SKIP
+        >>> trainable, total = model.trainable_parameters()  # doctest: +SKIP
+        """
+        from ._tasks import TrainingTask
+
+        parameters = list(self.module.parameters())
+        flags = [p.requires_grad for p in parameters]
+        TrainingTask().set_trainable(self.module)  # LoRA-aware: adapters and heads only when adapters exist
+        trainable = sum(p.numel() for p in parameters if p.requires_grad)
+        for p, flag in zip(parameters, flags, strict=True):
+            p.requires_grad = flag
+        return trainable, sum(p.numel() for p in parameters)
+
     # -- training ------------------------------------------------------------------------------------------------
     def train(
         self,
@@ -420,6 +582,9 @@ class GeneformerModel(InferenceMixin, BaseModelClass):
         self,
         max_epochs: int = 10,
         *,
+        labels_key: str | Sequence[str] | None = None,
+        loss_weights: Sequence[float] | None = None,
+        test_cells: np.ndarray | str | Sequence[str] | None = None,
         pooling: str | None = None,
         dropout: float = 0.1,
         freeze_layers: int = 0,
@@ -433,9 +598,11 @@ class GeneformerModel(InferenceMixin, BaseModelClass):
         execution: Execution | Mapping | None = None,
         **trainer_kwargs,
     ) -> dict:
-        """Fine-tune the model to classify cells by the ``labels_key`` registered with :meth:`setup_anndata`.
+        """Fine-tune the model to classify cells by an ``.obs`` column, or by several at once (multitask).
 
-        A classification head (dropout and a linear layer) reads the pooled last-layer embedding. Cells are split
+        A classification head (dropout and a linear layer) reads the pooled last-layer embedding; with several label
+        columns, one head per column shares the encoder and the loss is the weighted sum of each task's
+        cross-entropy (cells missing a task's label do not count for it). Cells are split
         into training, validation and test sets, stratified by label or, with ``group_key``, by whole groups (e.g.
         donors, so that no donor is in two sets). The weights of the epoch with the best validation macro-F1 are
         kept (training stops after ``early_stopping_patience`` epochs without improvement), then the test set is
@@ -445,8 +612,18 @@ class GeneformerModel(InferenceMixin, BaseModelClass):
         ----------
         max_epochs
             Maximum passes over the training cells.
+        labels_key
+            ``.obs`` column(s) of the labels; default the ``labels_key`` registered with :meth:`setup_anndata`.
+            Several columns train a multitask classifier.
+        loss_weights
+            Multitask: the weight of each task's loss (default 1 each).
+        test_cells
+            Cells held out as the test set (a boolean mask, a boolean ``.obs`` column or obs names), e.g. a
+            cross-validation fold; the other labelled cells are split into training and validation in the ratio
+            ``train_size : validation_size``.
         pooling
-            ``"mean"`` (default) or ``"cls"`` (V2 only): the embedding the head reads.
+            ``"mean"`` (default), ``"cls"`` (V2 only), or ``"pooler"`` (classifiers loaded from Hugging Face
+            sequence-classification checkpoints): the embedding the head reads.
         dropout
             Dropout before the head.
         freeze_layers
@@ -465,8 +642,10 @@ class GeneformerModel(InferenceMixin, BaseModelClass):
         Returns
         -------
         Test-set ``accuracy``, ``macro_f1``, ``confusion_matrix`` (rows: true, columns: predicted), ``classes``,
-        ``n_cells`` and ``test_cells`` (their obs names, e.g. to evaluate or perturb only held-out cells); also
-        stored in ``model.classification_report_`` with the validation history in ``history_``.
+        ``n_cells``, ``validation_macro_f1`` (of the kept epoch) and ``test_cells`` (their obs names, e.g. to
+        evaluate or perturb only held-out cells); for a multitask classifier, ``tasks`` holds each task's metrics
+        and ``accuracy``/``macro_f1`` are their means. Also stored in ``model.classification_report_``, with the
+        validation history in ``history_``.
 
         Examples
         --------
@@ -475,6 +654,9 @@ class GeneformerModel(InferenceMixin, BaseModelClass):
         >>> report = model.train_classifier(max_epochs=5, freeze_layers=2)  # doctest: +SKIP
         """
         task = CellClassificationTask(
+            labels_key=labels_key if labels_key is None or isinstance(labels_key, str) else list(labels_key),
+            loss_weights=None if loss_weights is None else list(loss_weights),
+            test_cells=test_cells,
             freeze_layers=freeze_layers,
             freeze_embeddings=freeze_embeddings,
             pooling=pooling,
@@ -567,6 +749,12 @@ class GeneformerModel(InferenceMixin, BaseModelClass):
 
         from ._data import TokenCollator, TokenDataModule
 
+        if self.module.quantized:
+            msg = (
+                "A quantized model is for inference: fine-tune the full-precision model (with `add_lora()` to train "
+                "few parameters), save it, and quantize the result for inference."
+            )
+            raise ValueError(msg)
         if self.adata is None:
             msg = (
                 "This model has no training data: create it with encoded data, e.g. "

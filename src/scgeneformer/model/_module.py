@@ -43,9 +43,12 @@ class GeneformerModule(BaseModuleClass):
     bert_config
         Keyword arguments of :class:`transformers.BertConfig` (the checkpoint's ``config.json``).
     n_classes
-        Size of a cell-classification head on the pooled last-layer embedding (``None``: no head).
+        Size of a cell-classification head on the pooled last-layer embedding (``None``: no head), or
+        ``{task: size}`` for one head per task on a shared encoder (multitask classification).
     classifier_pooling
-        ``"mean"`` over gene tokens or ``"cls"`` (V2): the embedding the head classifies.
+        The embedding the cell-classification heads read: ``"mean"`` over gene tokens, ``"cls"`` (V2), or
+        ``"pooler"``: BERT's pooler (a dense layer and tanh on the first token), as Hugging Face's
+        ``BertForSequenceClassification`` and the reference's fine-tuned classifiers use.
     classifier_dropout
         Dropout before the linear layer of each classification head.
     special_tokens
@@ -62,7 +65,7 @@ class GeneformerModule(BaseModuleClass):
     def __init__(
         self,
         bert_config: dict,
-        n_classes: int | None = None,
+        n_classes: int | dict[str, int] | None = None,
         classifier_pooling: str = "mean",
         classifier_dropout: float = 0.1,
         special_tokens: bool = False,
@@ -78,8 +81,19 @@ class GeneformerModule(BaseModuleClass):
         self.mlm = BertForMaskedLM(config)
         self.classifier_pooling = classifier_pooling
         self.classifier = None
-        if n_classes is not None:
+        if isinstance(n_classes, dict):
+            self.classifier = torch.nn.ModuleDict(
+                {task: classification_head(config.hidden_size, n, classifier_dropout) for task, n in n_classes.items()}
+            )
+        elif n_classes is not None:
             self.classifier = classification_head(config.hidden_size, n_classes, classifier_dropout)
+        self.pooler = None
+        if classifier_pooling == "pooler":
+            from transformers.models.bert.modeling_bert import BertPooler
+
+            self.pooler = BertPooler(config)
+        #: Loss weight of each task of a multitask classifier (set for training).
+        self.task_weights: dict[str, float] = {}
         self.gene_classifier = None
         if n_gene_classes is not None:
             self.gene_classifier = classification_head(config.hidden_size, n_gene_classes, classifier_dropout)
@@ -88,6 +102,16 @@ class GeneformerModule(BaseModuleClass):
     def config(self):
         """The :class:`transformers.BertConfig`."""
         return self.mlm.config
+
+    @property
+    def quantized(self) -> bool:
+        """Whether the encoder was loaded in 8 or 4 bits (it then stays on its GPU)."""
+        return bool(getattr(self.mlm, "is_quantized", False))
+
+    @property
+    def multitask(self) -> bool:
+        """Whether the cell classifier has one head per task."""
+        return isinstance(self.classifier, torch.nn.ModuleDict)
 
     @property
     def n_layers(self) -> int:
@@ -142,20 +166,33 @@ class GeneformerModule(BaseModuleClass):
         return {"hidden": self.encode(input_ids, attention_mask, n_layers)}
 
     def pool(self, hidden: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor, pooling: str):
-        """Cell embedding: mean over gene tokens (no ``<cls>``, ``<eos>``, padding) or the ``<cls>`` state."""
+        """Cell embedding: ``"mean"``, ``"cls"`` or ``"pooler"`` (see the class description).
+
+        The mean leaves out ``<cls>``, ``<eos>`` and padding; the pooler reads the first token.
+        """
         if pooling == "cls":
             return hidden[:, 0]
+        if pooling == "pooler":
+            if self.pooler is None:
+                msg = "pooling='pooler' needs BERT's pooler layer, which this model does not have."
+                raise ValueError(msg)
+            return self.pooler(hidden)
         genes = gene_token_mask(input_ids, attention_mask, has_special_tokens=self.special_tokens)
         weights = genes.unsqueeze(-1).to(hidden.dtype)
         return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
 
-    def classify(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Class logits of the cell-classification head."""
+    def classify(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor | dict:
+        """Class logits of the cell-classification head (``{task: logits}`` for a multitask classifier)."""
         if self.classifier is None:
             msg = "The model has no classification head; fine-tune it with `train_classifier` first."
             raise ValueError(msg)
         hidden = self.encode(input_ids, attention_mask)
-        return self.classifier(self.pool(hidden, input_ids, attention_mask, self.classifier_pooling))
+        return self._heads(self.pool(hidden, input_ids, attention_mask, self.classifier_pooling))
+
+    def _heads(self, pooled: torch.Tensor) -> torch.Tensor | dict:
+        if self.multitask:
+            return {task: head(pooled) for task, head in self.classifier.items()}
+        return self.classifier(pooled)
 
     def classify_genes(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Gene-class logits of every token, shape ``(cells, tokens, classes)``, from the gene-classification head."""
@@ -181,7 +218,7 @@ class GeneformerModule(BaseModuleClass):
         """
         if labels is not None:
             pooled = self.pool(hidden, input_ids, attention_mask, self.classifier_pooling)
-            return {"class_logits": self.classifier(pooled)}
+            return {"class_logits": self._heads(pooled)}
         if gene_labels is not None:
             if self.gene_classifier is None:
                 msg = "The model has no gene-classification head."
@@ -199,6 +236,8 @@ class GeneformerModule(BaseModuleClass):
 
         Gene-class and masked-gene losses are averaged over the labelled (selected) positions of the batch.
         """
+        if "class_logits" in generative_outputs and isinstance(generative_outputs["class_logits"], dict):
+            return self._multitask_loss(generative_outputs["class_logits"], tensors[LABELS])
         if "class_logits" in generative_outputs:
             logits, labels = generative_outputs["class_logits"], tensors[LABELS]
             loss = torch.nn.functional.cross_entropy(logits.float(), labels)
@@ -232,6 +271,22 @@ class GeneformerModule(BaseModuleClass):
             n_obs_minibatch=n_cells,
             extra_metrics={"masked_accuracy": accuracy},
         )
+
+    def _multitask_loss(self, logits: dict, labels: torch.Tensor) -> LossOutput:
+        """Weighted sum of each task's cross-entropy over the cells labelled for it (-100: no label)."""
+        total = None
+        metrics = {}
+        for column, (task, task_logits) in enumerate(logits.items()):
+            target = labels[:, column]
+            labelled = target != -100
+            if labelled.any():
+                task_loss = torch.nn.functional.cross_entropy(task_logits[labelled].float(), target[labelled])
+                metrics[f"accuracy_{task}"] = (task_logits[labelled].argmax(-1) == target[labelled]).float().mean()
+            else:  # no cell of this batch is labelled for the task: a zero that keeps the graph
+                task_loss = task_logits.float().sum() * 0.0
+            weighted = self.task_weights.get(task, 1.0) * task_loss
+            total = weighted if total is None else total + weighted
+        return LossOutput(loss=total, n_obs_minibatch=len(labels), extra_metrics=metrics)
 
     def sample(self, *args, **kwargs):
         """Geneformer is not generative."""

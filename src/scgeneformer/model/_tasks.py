@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 
+from ._lora import has_lora, is_lora_parameter
 from ._module import classification_head
 from ._training import ClassifierTrainingPlan, GeneformerTrainingPlan
 
@@ -73,9 +75,12 @@ class TrainingTask:
         """Make the encoder trainable except the frozen embeddings and first layers.
 
         The masked-gene head is not trained (its decoder shares the word embeddings' weight, which stays trainable
-        unless frozen).
+        unless frozen). With LoRA adapters, only the adapters and the task's heads train.
         """
         bert = module.mlm.bert
+        if has_lora(bert):
+            train_adapters_and_heads(module)
+            return
         for parameter in module.parameters():
             parameter.requires_grad = True
         in_encoder = {id(parameter) for parameter in bert.parameters()}
@@ -100,6 +105,14 @@ class TrainingTask:
     def finish(self, model: GeneformerModel, plan, info: EncodingInfo, prepared: Prepared, execution: Execution):
         """After training: restore the best weights, evaluate, and return a report (or ``None``)."""
         return None
+
+
+def train_adapters_and_heads(module) -> None:
+    """Only LoRA adapters and classification heads (and BERT's pooler) train; the encoder's weights stay."""
+    heads = [h for h in (module.classifier, module.gene_classifier, module.pooler) if h is not None]
+    head_parameters = {id(p) for head in heads for p in head.parameters()}
+    for name, parameter in module.named_parameters():
+        parameter.requires_grad = is_lora_parameter(name) or id(parameter) in head_parameters
 
 
 def random_split(cells: np.ndarray, train_size: float, validation_size: float | None, seed: int) -> Split:
@@ -144,39 +157,76 @@ class MaskedGeneTask(TrainingTask):
         return Prepared(split, {"mlm_probability": self.mlm_probability})
 
     def set_trainable(self, module) -> None:
+        if has_lora(module.mlm.bert):
+            train_adapters_and_heads(module)
+            return
         for parameter in module.parameters():
             parameter.requires_grad = True
 
 
 @dataclass
 class CellClassificationTask(TrainingTask):
-    """Cell classification by the ``labels_key`` registered with ``setup_anndata``, with macro-F1 model selection."""
+    """Cell classification by one or several ``.obs`` columns, with macro-F1 model selection.
+
+    With several label columns, one head per column shares the encoder (multitask): the loss is the weighted sum of
+    each task's cross-entropy over the cells labelled for it.
+    """
 
     stage = "classifier"
+    labels_key: str | list[str] | None = None
+    loss_weights: list[float] | None = None
     pooling: str | None = None
     dropout: float = 0.1
     group_key: str | None = None
     train_size: float = 0.8
     validation_size: float = 0.1
     early_stopping_patience: int | None = 3
-    classes: list[str] = field(default_factory=list, init=False)
+    test_cells: Any = None
+    classes: dict[str, list[str]] = field(default_factory=dict, init=False)
+
+    def tasks(self, model: GeneformerModel) -> list[str]:
+        """The label columns: the given ones, else the one registered with ``setup_anndata``."""
+        if self.labels_key is None:
+            registered = model.registry_["setup_args"].get("labels_key") if model.adata is not None else None
+            return [] if registered is None else [registered]
+        return [self.labels_key] if isinstance(self.labels_key, str) else list(self.labels_key)
+
+    @property
+    def multitask(self) -> bool:
+        return len(self.classes) > 1
 
     def validate(self, model: GeneformerModel) -> None:
         super().validate(model)
-        labels_key = model.registry_["setup_args"].get("labels_key")
-        if model.adata is None or labels_key is None:
+        tasks = self.tasks(model)
+        if model.adata is None or not tasks:
             msg = (
-                "Cell classification needs labelled data: call `GeneformerModel.setup_anndata(adata, "
-                "labels_key=...)`, then give the model that data: `model = model.copy(adata)`, or "
+                "Cell classification needs labelled data: pass `labels_key=` (one .obs column, or several for a "
+                "multitask classifier), or register it with `GeneformerModel.setup_anndata(adata, labels_key=...)`; "
+                "the model needs the data too: `model = model.copy(adata)`, or "
                 "`GeneformerModel.from_pretrained(name, adata)` / `GeneformerModel.load(path, adata)`."
             )
             raise ValueError(msg)
+        missing = [t for t in tasks if t not in model.adata.obs.columns]
+        if missing:
+            msg = f"labels_key {missing} not in .obs; available: {list(model.adata.obs.columns)}."
+            raise KeyError(msg)
+        if len(set(tasks)) != len(tasks):
+            msg = f"labels_key names a column twice: {tasks}."
+            raise ValueError(msg)
+        if self.loss_weights is not None and (
+            len(self.loss_weights) != len(tasks) or any(not w >= 0 for w in self.loss_weights)
+        ):
+            msg = f"loss_weights needs one non-negative weight per label column ({len(tasks)}): {self.loss_weights}."
+            raise ValueError(msg)
         pooling = self.pooling or model.module.classifier_pooling
-        if pooling not in ("mean", "cls"):
-            msg = f"pooling must be 'mean' or 'cls', got {pooling!r}."
+        if pooling not in ("mean", "cls", "pooler"):
+            msg = f"pooling must be 'mean', 'cls' or 'pooler', got {pooling!r}."
             raise ValueError(msg)
         if pooling == "cls" and not model.module.special_tokens:
             msg = "pooling='cls' needs a V2 model; use pooling='mean'."
+            raise ValueError(msg)
+        if pooling == "pooler" and model.module.pooler is None:
+            msg = "pooling='pooler' needs BERT's pooler, which only classifiers loaded from checkpoints have."
             raise ValueError(msg)
         _check_fraction("dropout", self.dropout, upper_inclusive=False)
         _check_fraction("train_size", self.train_size)
@@ -194,36 +244,72 @@ class CellClassificationTask(TrainingTask):
     def prepare(self, model: GeneformerModel, info: EncodingInfo, seed: int) -> Prepared:
         import pandas as pd
 
+        from .._data import cell_mask
         from ._classifier import split_cells
 
         adata = model.adata
-        labels_key = model.registry_["setup_args"]["labels_key"]
-        labels = pd.Series(adata.obs[labels_key].to_numpy(dtype=object))
-        usable = np.flatnonzero(labels.notna().to_numpy() & (info.lengths > 0))
-        classes = sorted(map(str, pd.unique(labels.iloc[usable])))
-        if len(classes) < 2:
-            msg = f"obs[{labels_key!r}] needs at least two classes among encoded cells, found {classes}."
-            raise ValueError(msg)
-        codes = np.full(adata.n_obs, -1, dtype=np.int64)
-        codes[usable] = pd.Categorical(labels.iloc[usable].astype(str), categories=classes).codes
-        groups = None
-        if self.group_key is not None:
-            groups = adata.obs[self.group_key].astype(str).to_numpy()[usable]
-        train, val, test = split_cells(
-            codes[usable], groups=groups, train_size=self.train_size, validation_size=self.validation_size, seed=seed
-        )
+        tasks = self.tasks(model)
+        codes = np.full((adata.n_obs, len(tasks)), -100, dtype=np.int64)
+        classes = {}
+        for column, task in enumerate(tasks):
+            labels = pd.Series(adata.obs[task].to_numpy(dtype=object))
+            labelled = labels.notna().to_numpy() & (info.lengths > 0)
+            task_classes = sorted(map(str, pd.unique(labels[labelled])))
+            if len(task_classes) < 2:
+                msg = f"obs[{task!r}] needs at least two classes among encoded cells, found {task_classes}."
+                raise ValueError(msg)
+            codes[labelled, column] = pd.Categorical(labels[labelled].astype(str), categories=task_classes).codes
+            classes[task] = task_classes
+        usable = np.flatnonzero((codes >= 0).any(1))
+        groups = None if self.group_key is None else adata.obs[self.group_key].astype(str).to_numpy()
+        # stratified by the first task (cells without its label form their own stratum)
+        strata = codes[:, 0]
+        if self.test_cells is not None:
+            held_out = cell_mask(adata, self.test_cells, argument="test_cells")
+            test = usable[held_out[usable]]
+            rest = usable[~held_out[usable]]
+            share = self.train_size / max(self.train_size + self.validation_size, 1e-12)
+            train, val, leftover = split_cells(
+                strata[rest],
+                groups=None if groups is None else groups[rest],
+                train_size=share,
+                validation_size=1 - share,
+                seed=seed,
+            )
+            split = (np.sort(rest[np.concatenate([train, leftover])]), rest[val], test)
+        else:
+            train, val, test = split_cells(
+                strata[usable],
+                groups=None if groups is None else groups[usable],
+                train_size=self.train_size,
+                validation_size=self.validation_size,
+                seed=seed,
+            )
+            split = (usable[train], usable[val], usable[test])
         self.classes = classes
-        return Prepared((usable[train], usable[val], usable[test]), {"labels": codes})
+        targets = codes if len(tasks) > 1 else codes[:, 0]
+        return Prepared(split, {"labels": targets})
 
     def install(self, model: GeneformerModel) -> None:
         pooling = self.pooling or model.module.classifier_pooling
-        model.module.classifier = classification_head(model.module.config.hidden_size, len(self.classes), self.dropout)
+        hidden = model.module.config.hidden_size
+        if self.multitask:
+            model.module.classifier = torch.nn.ModuleDict(
+                {task: classification_head(hidden, len(c), self.dropout) for task, c in self.classes.items()}
+            )
+            weights = self.loss_weights or [1.0] * len(self.classes)
+            model.module.task_weights = dict(zip(self.classes, map(float, weights), strict=True))
+            model.classes = {task: list(c) for task, c in self.classes.items()}
+        else:
+            (task_classes,) = self.classes.values()
+            model.module.classifier = classification_head(hidden, len(task_classes), self.dropout)
+            model.classes = list(task_classes)
         model.module.classifier_pooling = pooling
-        model.classes = list(self.classes)
         model.init_params_["non_kwargs"].update(classes=model.classes, classifier_pooling=pooling)
 
     def make_plan(self, module, plan_kwargs: dict) -> GeneformerTrainingPlan:
-        return ClassifierTrainingPlan(module, n_classes=len(self.classes), **plan_kwargs)
+        n_classes = {t: len(c) for t, c in self.classes.items()} if self.multitask else len(*self.classes.values())
+        return ClassifierTrainingPlan(module, n_classes=n_classes, **plan_kwargs)
 
     def callbacks(self, prepared: Prepared) -> list:
         if self.early_stopping_patience is None or not len(prepared.split[1]):
@@ -241,7 +327,23 @@ class CellClassificationTask(TrainingTask):
         test = prepared.split[2]
         quiet = execution.replace(progress_bar=False, devices=None, num_nodes=1)
         predicted = model.predict(model.adata, test, soft=True, encoding_key=info.key, execution=quiet)
-        report = classification_metrics(prepared.targets["labels"][test], predicted.to_numpy().argmax(1), self.classes)
+        targets = prepared.targets["labels"]
+        if self.multitask:
+            tasks = {}
+            for column, (task, task_classes) in enumerate(self.classes.items()):
+                labelled = targets[test, column] >= 0
+                guesses = predicted[task].to_numpy()[labelled].argmax(1)
+                tasks[task] = classification_metrics(targets[test, column][labelled], guesses, task_classes)
+            report = {
+                "tasks": tasks,
+                "accuracy": float(np.mean([r["accuracy"] for r in tasks.values()])),
+                "macro_f1": float(np.mean([r["macro_f1"] for r in tasks.values()])),
+                "n_cells": int(len(test)),
+            }
+        else:
+            (task_classes,) = self.classes.values()
+            report = classification_metrics(targets[test], predicted.to_numpy().argmax(1), task_classes)
+        report["validation_macro_f1"] = float(plan.best_macro_f1) if plan.best_state is not None else float("nan")
         report["test_cells"] = model.adata.obs_names[test].to_numpy(dtype=str)
         return report
 

@@ -116,12 +116,15 @@ class GeneformerTrainingPlan(TrainingPlan):
 class ClassifierTrainingPlan(GeneformerTrainingPlan):
     """Training plan for cell classification: logs validation macro-F1 and keeps the weights of the best epoch.
 
+    With several tasks (``n_classes`` a dict), each task's macro-F1 is logged (``validation_macro_f1_<task>``) and
+    their mean selects the best epoch.
+
     Examples
     --------
     >>> report = model.train_classifier(plan_kwargs={"lr": 1e-4})  # builds this plan  # doctest: +SKIP
     """
 
-    def __init__(self, module, *, n_classes: int, **kwargs) -> None:
+    def __init__(self, module, *, n_classes: int | dict[str, int], **kwargs) -> None:
         super().__init__(module, **kwargs)
         self.n_classes = n_classes
         self._predicted: list[torch.Tensor] = []
@@ -135,7 +138,12 @@ class ClassifierTrainingPlan(GeneformerTrainingPlan):
             "validation_loss", loss.loss, on_epoch=True, sync_dist=self.use_sync_dist, batch_size=len(batch["labels"])
         )
         self.compute_and_log_metrics(loss, self.val_metrics, "validation")
-        self._predicted.append(generative["class_logits"].argmax(-1).detach().cpu())
+        logits = generative["class_logits"]
+        if isinstance(logits, dict):
+            predicted = torch.stack([task_logits.argmax(-1) for task_logits in logits.values()], dim=1)
+        else:
+            predicted = logits.argmax(-1)
+        self._predicted.append(predicted.detach().cpu())
         self._true.append(batch["labels"].detach().cpu())
 
     def on_validation_epoch_end(self) -> None:
@@ -144,11 +152,20 @@ class ClassifierTrainingPlan(GeneformerTrainingPlan):
         from sklearn.metrics import f1_score
 
         true, predicted = torch.cat(self._true).numpy(), torch.cat(self._predicted).numpy()
-        macro_f1 = f1_score(true, predicted, labels=np.arange(self.n_classes), average="macro", zero_division=0)
         self._predicted, self._true = [], []
-        self.log("validation_macro_f1", float(macro_f1), sync_dist=self.use_sync_dist)
+        sizes = self.n_classes if isinstance(self.n_classes, dict) else {None: self.n_classes}
+        scores = []
+        for column, (task, n) in enumerate(sizes.items()):
+            t, p = (true, predicted) if task is None else (true[:, column], predicted[:, column])
+            labelled = t != -100
+            score = f1_score(t[labelled], p[labelled], labels=np.arange(n), average="macro", zero_division=0)
+            scores.append(float(score))
+            if task is not None:
+                self.log(f"validation_macro_f1_{task}", float(score), sync_dist=self.use_sync_dist)
+        macro_f1 = float(np.mean(scores))
+        self.log("validation_macro_f1", macro_f1, sync_dist=self.use_sync_dist)
         if macro_f1 > self.best_macro_f1:
-            self.best_macro_f1 = float(macro_f1)
+            self.best_macro_f1 = macro_f1
             self.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in self.module.state_dict().items()})
 
 

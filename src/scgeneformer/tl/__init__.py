@@ -1,6 +1,7 @@
 """Tools: embeddings, cell annotation, gene classification and in silico perturbation with Geneformer models."""
 
 from ._annotate import annotate
+from ._classifier_cv import cell_classification_cv, hyperparameter_search
 from ._embed import embed, state_embeddings
 from ._gene_classify import classify_genes, gene_classification_cv
 from ._perturb import perturb
@@ -10,9 +11,11 @@ from ._perturb_stats import perturbation_stats
 __all__ = [
     "GoalStates",
     "annotate",
+    "cell_classification_cv",
     "classify_genes",
     "embed",
     "gene_classification_cv",
+    "hyperparameter_search",
     "perturb",
     "perturbation_stats",
     "state_embeddings",

@@ -59,6 +59,9 @@ def annotate(
     ``.uns[key_added]``
         Parameters and classes.
 
+    With a multitask classifier, each task ``t`` gets these keys as ``f"{key_added}_{t}"`` (``obs``, its
+    ``_probability`` and ``obsm`` ``_probabilities``), and ``uns[key_added]["classes"]`` maps tasks to classes.
+
     Examples
     --------
     >>> sgf.pp.rank_encode(query, vocabulary="V1")  # doctest: +SKIP
@@ -70,18 +73,24 @@ def annotate(
     if copy:
         data = copy_data(data)
     adata = resolve_adata(data, mod)
-    probabilities = model.predict(adata, soft=True, encoding_key=encoding_key, execution=execution)
-    values = probabilities.to_numpy()
-    classes = list(probabilities.columns)
-    encoded = ~np.isnan(values).any(1)
-    codes = np.full(adata.n_obs, -1)
-    codes[encoded] = values[encoded].argmax(1)
-    adata.obs[key_added] = pd.Categorical.from_codes(codes, categories=classes)
-    best = np.full(adata.n_obs, np.nan, dtype=np.float32)
-    best[encoded] = values[encoded].max(1)
-    adata.obs[f"{key_added}_probability"] = best
-    # class names with "/" cannot be column names in h5ad/zarr files; uns[key_added]["classes"] keeps them as they are
-    adata.obsm[f"{key_added}_probabilities"] = probabilities.set_axis(writable_names(classes), axis=1)
+    predicted = model.predict(adata, soft=True, encoding_key=encoding_key, execution=execution)
+    multitask = isinstance(predicted, dict)
+    tasks = predicted if multitask else {None: predicted}
+    keys = dict(zip(tasks, writable_names(list(tasks)), strict=True)) if multitask else {None: None}
+    for task, probabilities in tasks.items():
+        key = key_added if task is None else f"{key_added}_{keys[task]}"
+        values = probabilities.to_numpy()
+        classes = list(probabilities.columns)
+        encoded = ~np.isnan(values).any(1)
+        codes = np.full(adata.n_obs, -1)
+        codes[encoded] = values[encoded].argmax(1)
+        adata.obs[key] = pd.Categorical.from_codes(codes, categories=classes)
+        best = np.full(adata.n_obs, np.nan, dtype=np.float32)
+        best[encoded] = values[encoded].max(1)
+        adata.obs[f"{key}_probability"] = best
+        # class names with "/" cannot be column names in h5ad/zarr files; uns[key_added]["classes"] keeps them
+        adata.obsm[f"{key}_probabilities"] = probabilities.set_axis(writable_names(classes), axis=1)
+    classes = {keys[t]: list(p.columns) for t, p in tasks.items()} if multitask else list(predicted.columns)
     adata.uns[key_added] = {
         "params": {"model": model.checkpoint or "", "encoding_key": encoding_key},
         "classes": classes,
