@@ -125,6 +125,29 @@ def test_lora_train_save_load_annotate_merge(tmp_path):
     assert trainable > 0
 
 
+@pytest.mark.slow
+def test_lora_trains_masked_genes_and_gene_classifiers():
+    pytest.importorskip("peft")
+    vocab = make_vocabulary("V1")
+    adata = labelled_data(vocab, n_obs=24)
+    torch.manual_seed(0)
+    model = sgf.GeneformerModel(adata, bert_config=tiny_bert_config(vocab), vocabulary="V1")
+    model.add_lora(r=2, target_modules=("query", "value", "dense"))
+    embeddings_before = model.module.mlm.bert.embeddings.word_embeddings.weight.detach().clone()
+    adapter = next(p for n, p in model.module.named_parameters() if "lora_B" in n)
+    assert not adapter.any()  # LoRA's B starts at zero: the adapter model equals the base model
+    model.train(max_epochs=1, plan_kwargs={"lr": 1e-2, "warmup_steps": 0}, **FAST)
+    assert adapter.any()  # masked-gene training moved the adapters ...
+    assert torch.equal(model.module.mlm.bert.embeddings.word_embeddings.weight, embeddings_before)  # ... only
+    genes = list(adata.var_names)
+    model.train_gene_classifier({"a": genes[:30], "b": genes[30:60]}, max_epochs=1, validation_size=0.0, **FAST)
+    trainable = {n for n, p in model.module.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n or n.startswith("gene_classifier") for n in trainable), trainable
+    sgf.tl.classify_genes(adata, model)
+    sgf.tl.embed(adata, model)
+    assert np.isfinite(adata.obsm["X_geneformer"]).all()
+
+
 def test_lora_and_quantization_errors_are_clear():
     vocab = make_vocabulary("V1")
     model = sgf.GeneformerModel(bert_config=tiny_bert_config(vocab), vocabulary="V1")
@@ -193,3 +216,43 @@ def test_hyperparameter_search_runs_a_small_study():
     result = adata.uns["geneformer_search"]
     assert len(result["trials"]) == 2 and {"lr", "warmup_steps", "freeze_layers", "value"} <= set(result["trials"])
     assert result["best"]["value"] == result["trials"]["value"].max()
+
+
+# -- 5. training speed: attention dropout, progress bars ----------------------------------------------------------------
+class _AttentionDropoutProbe:
+    """Records the attention-probability dropout of every layer at each training step."""
+
+    def __init__(self):
+        import lightning.pytorch as pl
+
+        probe = self
+
+        class Probe(pl.Callback):
+            def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+                layers = pl_module.module.mlm.bert.encoder.layer
+                probe.seen.append({layer.attention.self.dropout.p for layer in layers})
+
+        self.seen: list[set[float]] = []
+        self.callback = Probe()
+
+
+@pytest.mark.parametrize("attention_dropout", [None, True])
+def test_attention_dropout_is_off_on_cpu_by_default_and_restored(attention_dropout, capfd):
+    vocab = make_vocabulary("V1")
+    adata = labelled_data(vocab, n_obs=12)
+    torch.manual_seed(0)
+    config = dict(tiny_bert_config(vocab), attention_probs_dropout_prob=0.05)
+    model = sgf.GeneformerModel(adata, bert_config=config, vocabulary="V1")
+    probe = _AttentionDropoutProbe()
+    model.train(
+        max_epochs=1,
+        plan_kwargs={"attention_dropout": attention_dropout},
+        callbacks=[probe.callback],
+        execution={"accelerator": "cpu", "batch_size": 8, "progress_bar": False},
+    )
+    expected = {0.05} if attention_dropout else {0.0}
+    assert probe.seen and all(seen == expected for seen in probe.seen)
+    layers = model.module.mlm.bert.encoder.layer
+    assert {layer.attention.self.dropout.p for layer in layers} == {0.05}  # the model keeps its configuration
+    printed = capfd.readouterr()
+    assert "Epoch" not in printed.out + printed.err  # execution's progress_bar=False reaches Lightning

@@ -547,7 +547,8 @@ class GeneformerModel(InferenceMixin, BaseModelClass):
         plan_kwargs
             Optimiser settings of :class:`~scgeneformer.model.GeneformerTrainingPlan`: ``lr`` (default 5e-5),
             ``weight_decay`` (0.001), ``warmup_steps`` (0.05: a fraction of all steps, or a number of steps) and
-            ``schedule`` (``"linear"``, ``"cosine"`` or ``"constant"``).
+            ``schedule`` (``"linear"``, ``"cosine"`` or ``"constant"``), ``attention_dropout`` (default: only on
+            CUDA, see :class:`~scgeneformer.model.GeneformerTrainingPlan`).
         execution
             Devices, processes, precision and the batch size in padded tokens (:class:`~scgeneformer.Execution`;
             for training the default budget is 8,192 tokens on CPU and 32,768 on GPUs), e.g.
@@ -783,9 +784,9 @@ class GeneformerModel(InferenceMixin, BaseModelClass):
         plan = task.make_plan(self.module, plan_kwargs)
         trainer_kwargs["callbacks"] = [*trainer_kwargs.get("callbacks", []), *task.callbacks(prepared)]
         trainer_kwargs.setdefault("gradient_clip_val", 1.0)
-        trainer_kwargs = trainer_defaults(len(data.train_dataloader().batch_sampler)) | trainer_kwargs
-        if execution.progress_bar is not None:
-            trainer_kwargs.setdefault("enable_progress_bar", execution.progress_bar)
+        defaults = trainer_defaults(len(data.train_dataloader().batch_sampler))
+        defaults["enable_progress_bar"] = execution.show_progress  # explicit trainer arguments still win
+        trainer_kwargs = defaults | trainer_kwargs
         if data.n_val:
             trainer_kwargs.setdefault("check_val_every_n_epoch", 1)
         was_trained, was_training = self.is_trained_, self.module.training
@@ -809,6 +810,7 @@ class GeneformerModel(InferenceMixin, BaseModelClass):
             self.is_trained_ = was_trained
             raise
         finally:
+            plan.on_fit_end()  # restores attention dropout also when the run stopped with an error (idempotent)
             self.module.train(was_training)
         self.checkpoint = f"{self.checkpoint} + {task.stage}" if self.checkpoint else task.stage
         # Saved with the model, so that a loaded model still says where its weights came from.
