@@ -38,6 +38,20 @@ def main(output: Path) -> None:
     sgf.tl.embed(adata, model, execution=quiet | {"devices": 2, "strategy": "ddp"}, key_added="ddp")
     sgf.tl.embed(adata, model, execution=quiet, key_added="local")
     np.save(output.with_name(f"weights_rank{rank}.npy"), weights.numpy())
+
+    # perturbation: parts of a few cells shared out over both processes, in memory and into a store
+    from scgeneformer.tl import _perturb_engine
+
+    _perturb_engine.CHUNK_TOKENS = 3000  # several parts of a few cells
+    options = {"max_cells": 8, "gene_shifts": True, "vocabulary": vocab, "inplace": False}
+    two = sgf.tl.perturb(adata, model, "all", execution=quiet | {"devices": 2, "strategy": "ddp"}, **options)
+    two_processes = quiet | {"devices": 2, "strategy": "ddp"}
+    stored = sgf.tl.perturb(adata, model, "all", execution=two_processes, out=output.with_name("store"), **options)
+    one = sgf.tl.perturb(adata, model, "all", execution=quiet, **options)
+    if rank == 0:
+        two["cells"].to_pickle(output.with_name("perturb_ddp.pkl"))
+        one["cells"].to_pickle(output.with_name("perturb_local.pkl"))
+        sgf.tl.read_perturbation_store(stored["path"])["cells"].to_pickle(output.with_name("perturb_store.pkl"))
     if rank == 0:
         np.save(output.with_name("ddp.npy"), adata.obsm["X_ddp"])
         np.save(output.with_name("local.npy"), adata.obsm["X_local"])

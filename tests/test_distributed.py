@@ -5,12 +5,14 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 
 @pytest.mark.slow
 def test_two_process_cpu_ddp_training_and_inference(tmp_path):
-    """Lightning DDP on two CPU processes (gloo): training keeps replicas identical, inference covers every cell."""
+    """Lightning DDP on two CPU processes (gloo): training keeps replicas identical, inference covers every cell, and
+    perturbation shared out over both processes gives a single process's results (in memory and in a store)."""
     worker = Path(__file__).with_name("ddp_worker.py")
     output = tmp_path / "result.json"
     env = os.environ | {"PYTHONUNBUFFERED": "1"}
@@ -25,3 +27,10 @@ def test_two_process_cpu_ddp_training_and_inference(tmp_path):
     ddp, local = np.load(tmp_path / "ddp.npy"), np.load(tmp_path / "local.npy")
     assert not np.isnan(ddp).any()
     np.testing.assert_allclose(ddp, local, atol=1e-5)
+    one = pd.read_pickle(tmp_path / "perturb_local.pkl")
+    assert one["cell"].nunique() == 8 and (one["affected"] != "cell").any()
+    for name in ("perturb_ddp.pkl", "perturb_store.pkl"):
+        other = pd.read_pickle(tmp_path / name)
+        for column in ("cell", "perturbed", "affected"):  # the same rows in the same order
+            assert other[column].astype(str).tolist() == one[column].astype(str).tolist(), (name, column)
+        np.testing.assert_array_equal(other["cosine"].to_numpy(), one["cosine"].to_numpy())

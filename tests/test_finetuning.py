@@ -218,7 +218,7 @@ def test_hyperparameter_search_runs_a_small_study():
     assert result["best"]["value"] == result["trials"]["value"].max()
 
 
-# -- 5. training speed: attention dropout, progress bars ----------------------------------------------------------------
+# -- 5. training speed: attention dropout, progress bars --------------------------------------------------------
 class _AttentionDropoutProbe:
     """Records the attention-probability dropout of every layer at each training step."""
 

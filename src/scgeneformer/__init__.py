@@ -20,6 +20,7 @@ except Exception:  # noqa: BLE001 - not installed (e.g. run from a source tree)
 
 if TYPE_CHECKING:
     from . import datasets, model, pl, pp, tl
+    from ._corpus import Corpus, read_corpus
     from ._encoding import EncodingInfo
     from ._execution import Execution
     from ._registry import DownloadError, seed_cache
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from .vocabulary import Vocabulary, get_vocabulary
 
 __all__ = [
+    "Corpus",
     "DownloadError",
     "EncodingInfo",
     "Execution",
@@ -38,6 +40,7 @@ __all__ = [
     "model",
     "pl",
     "pp",
+    "read_corpus",
     "seed_cache",
     "settings",
     "tl",
@@ -52,6 +55,8 @@ _LAZY = {
     "DownloadError": ("._registry", "DownloadError"),
     "seed_cache": ("._registry", "seed_cache"),
     "EncodingInfo": ("._encoding", "EncodingInfo"),
+    "Corpus": ("._corpus", "Corpus"),
+    "read_corpus": ("._corpus", "read_corpus"),
     "Execution": ("._execution", "Execution"),
     "GeneformerModel": (".model", "GeneformerModel"),
     "list_models": (".model", "list_models"),

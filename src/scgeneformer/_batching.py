@@ -63,12 +63,49 @@ class TokenBatch:
 def iter_batches(
     info: EncodingInfo, cells: np.ndarray, *, token_budget: int, max_cells: int | None = None
 ) -> Iterator[TokenBatch]:
-    """Padded batches of the encoded ``cells`` (positions in the AnnData), longest first."""
-    lengths = info.lengths[cells]
-    for batch in plan_batches(lengths, token_budget=token_budget, max_cells=max_cells):
-        positions = cells[batch]
-        ids, mask = pad_sequences(info.sequences(positions), info.pad_id)
-        yield TokenBatch(positions, ids, mask)
+    """Padded batches of the encoded ``cells`` (positions in the AnnData), longest first.
+
+    A corpus on disk (``info.block_cells`` set) is visited a window of blocks at a time, longest first within each
+    window, so that every block is read once.
+    """
+    block_cells = getattr(info, "block_cells", None)
+    windows = [np.arange(len(cells))] if block_cells is None else block_windows(cells, block_cells, shuffle=False)
+    for window in windows:
+        lengths = info.lengths[cells[window]]
+        for batch in plan_batches(lengths, token_budget=token_budget, max_cells=max_cells):
+            positions = cells[window[batch]]
+            ids, mask = pad_sequences(info.sequences(positions), info.pad_id)
+            yield TokenBatch(positions, ids, mask)
+
+
+#: Blocks of contiguous cells per window (buffer) of a corpus on disk: a window's blocks stay in the reader's cache.
+WINDOW_BLOCKS = 16
+
+
+def block_windows(
+    positions: np.ndarray,
+    block_cells: int,
+    *,
+    shuffle: bool,
+    rng: np.random.Generator | None = None,
+    window_blocks: int = WINDOW_BLOCKS,
+) -> list[np.ndarray]:
+    """Group ``positions`` (indices into it are returned) by blocks of ``block_cells`` contiguous cells, into windows.
+
+    Without ``shuffle``, blocks in order; with it, blocks in random order and cells shuffled within each window.
+    """
+    positions = np.asarray(positions)
+    order = np.argsort(positions, kind="stable")
+    block_ids = positions[order] // block_cells
+    starts = np.flatnonzero(np.r_[True, block_ids[1:] != block_ids[:-1]])
+    blocks = np.split(order, starts[1:]) if len(order) else []
+    if shuffle:
+        blocks = [blocks[i] for i in rng.permutation(len(blocks))]
+    windows = []
+    for start in range(0, len(blocks), window_blocks):
+        window = np.concatenate(blocks[start : start + window_blocks])
+        windows.append(rng.permutation(window) if shuffle else window)
+    return windows
 
 
 def world() -> tuple[int, int]:
@@ -83,6 +120,10 @@ class LengthGroupedBatchSampler(torch.utils.data.Sampler):
 
     Each process of a distributed run takes every ``world_size``-th batch (with ``even_split``, the same number of
     batches each, dropping the few left over), so no Lightning sampler injection is needed.
+
+    For a corpus on disk (``block_cells``), cells are read in blocks of contiguous cells: blocks are shuffled, a
+    window of blocks is shuffled cell by cell and cut into length-grouped batches (whose order is shuffled within the
+    window), and each process takes whole windows, so every block is read by one process once per epoch.
     """
 
     def __init__(
@@ -95,8 +136,12 @@ class LengthGroupedBatchSampler(torch.utils.data.Sampler):
         shuffle: bool = True,
         seed: int = 0,
         even_split: bool = True,
+        block_cells: int | None = None,
+        num_workers: int = 0,
     ) -> None:
         self.even_split = even_split
+        self.block_cells = block_cells
+        self.num_workers = num_workers
         self.positions = np.asarray(positions)
         self.lengths = np.asarray(lengths)
         self.token_budget = token_budget
@@ -110,6 +155,8 @@ class LengthGroupedBatchSampler(torch.utils.data.Sampler):
         self.epoch = epoch
 
     def _batches(self) -> list[np.ndarray]:
+        if self.block_cells is not None:
+            return self._block_batches()
         order = np.arange(len(self.positions))
         if self.shuffle:
             order = np.random.default_rng(self.seed + self.epoch).permutation(order)
@@ -127,11 +174,44 @@ class LengthGroupedBatchSampler(torch.utils.data.Sampler):
         usable = len(batches) - len(batches) % size if self.even_split and len(batches) >= size else len(batches)
         return batches[rank:usable:size]
 
+    def _block_batches(self) -> list[np.ndarray]:
+        rng = np.random.default_rng(self.seed + self.epoch) if self.shuffle else None
+        windows = []
+        for window in block_windows(self.positions, self.block_cells, shuffle=self.shuffle, rng=rng):
+            plan = plan_batches(self.lengths[window], token_budget=self.token_budget, max_cells=self.max_cells)
+            batches = [self.positions[window[batch]] for batch in plan]
+            if self.shuffle:
+                batches = [batches[i] for i in rng.permutation(len(batches))]
+            windows.append(batches)
+        size, rank = world()
+        if len(windows) < size:  # fewer windows than processes: split batches instead
+            batches = _at_least([b for window in windows for b in window], size)
+            usable = len(batches) - len(batches) % size if self.even_split and len(batches) >= size else len(batches)
+            return batches[rank:usable:size]
+        mine = _interleave_for_workers(windows[rank::size], self.num_workers)
+        if self.even_split:  # the same number of steps on every rank
+            mine = mine[: min(sum(len(w) for w in windows[r::size]) for r in range(size))]
+        return mine
+
     def __iter__(self):
         yield from (b.tolist() for b in self._batches())
 
     def __len__(self) -> int:
         return len(self._batches())
+
+
+def _interleave_for_workers(windows: list[list[np.ndarray]], n_workers: int) -> list[np.ndarray]:
+    """Order the batches of ``windows`` so that each data-loader worker reads its own windows.
+
+    A ``DataLoader`` hands batch ``i`` to worker ``i % n_workers``: windows go to workers in turn, and their batches
+    are interleaved in that pattern (once the shortest worker's list runs out, the rest follow in order).
+    """
+    if n_workers <= 1:
+        return [b for window in windows for b in window]
+    queues = [[b for window in windows[w::n_workers] for b in window] for w in range(n_workers)]
+    common = min(len(q) for q in queues)
+    ordered = [queues[w][i] for i in range(common) for w in range(n_workers)]
+    return ordered + [b for q in queues for b in q[common:]]
 
 
 def _at_least(batches: list[np.ndarray], n: int) -> list[np.ndarray]:

@@ -15,18 +15,22 @@ if TYPE_CHECKING:
 
 
 def resolve_adata(data: AnnData | MuData, mod: str = "rna") -> AnnData:
-    """Return ``data`` itself for an AnnData, or its ``mod`` modality for a MuData."""
+    """Return ``data`` itself for an AnnData, its ``mod`` modality for a MuData, or a corpus's results AnnData."""
     from anndata import AnnData
 
     if isinstance(data, AnnData):
         return data
+    from ._corpus import Corpus
+
+    if isinstance(data, Corpus):
+        return data.adata  # results of a corpus go into its annotation AnnData
     mods = getattr(data, "mod", None)
     if mods is not None:
         if mod not in mods:
             msg = f"MuData has no modality {mod!r}; available: {list(mods)}. Pass `mod=`."
             raise KeyError(msg)
         return mods[mod]
-    msg = f"Expected an AnnData or MuData, got {type(data).__name__}."
+    msg = f"Expected an AnnData, a MuData or an sgf.Corpus (sgf.read_corpus), got {type(data).__name__}."
     raise TypeError(msg)
 
 

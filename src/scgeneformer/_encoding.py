@@ -8,6 +8,7 @@ from the sparse rank layer (which may stay on disk) a block of rows at a time.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
@@ -45,7 +46,29 @@ def encoding_keys(key_added: str = "geneformer") -> EncodingKeys:
     )
 
 
-class EncodingInfo:
+class SequenceLayout:
+    """Special tokens and cell count of encoded cells, from ``cls_id`` and ``lengths`` (shared by every source)."""
+
+    cls_id: int
+    lengths: np.ndarray
+
+    @property
+    def n_special(self) -> int:
+        """Special tokens wrapping each encoded cell (2 in V2: ``<cls>``, ``<eos>``; 0 in V1)."""
+        return 2 if self.cls_id >= 0 else 0
+
+    @property
+    def has_special_tokens(self) -> bool:
+        """Whether cells are wrapped in ``<cls>`` … ``<eos>`` (V2)."""
+        return self.n_special > 0
+
+    @property
+    def n_cells(self) -> int:
+        """Number of cells (encoded or not)."""
+        return len(self.lengths)
+
+
+class EncodingInfo(SequenceLayout):
     """A rank-encoded AnnData as the models read it: vocabulary, special tokens, lengths and token sequences.
 
     Parameters
@@ -80,13 +103,15 @@ class EncodingInfo:
     >>> info.sequences([0, 1])  # token ids of the first two cells  # doctest: +SKIP
     """
 
-    def __init__(self, adata: AnnData, key: str = "geneformer") -> None:
+    def __init__(self, adata: AnnData, key: str = "geneformer", *, ranks=None) -> None:
         keys = encoding_keys(key)
+        self._ranks = ranks  # a rank layer read from elsewhere (e.g. left on disk by `open`)
+        self._file = None
         missing = [
             f"{where}[{name!r}]"
             for where, mapping, name in (
                 ("uns", adata.uns, keys.uns),
-                ("layers", adata.layers, keys.ranks),
+                ("layers", {keys.ranks: ranks} if ranks is not None else adata.layers, keys.ranks),
                 ("var", adata.var, keys.token),
                 ("obs", adata.obs, keys.n_tokens),
             )
@@ -111,24 +136,57 @@ class EncodingInfo:
         self.var_token = adata.var[keys.token].to_numpy(dtype=np.int64)
         self.lengths = adata.obs[keys.n_tokens].to_numpy(dtype=np.int64)
 
-    @property
-    def n_special(self) -> int:
-        """Special tokens wrapping each encoded cell (2 in V2: ``<cls>``, ``<eos>``; 0 in V1)."""
-        return 2 if self.cls_id >= 0 else 0
+    @classmethod
+    def open(cls, path, key: str = "geneformer") -> EncodingInfo:
+        """The encoding of an ``.h5ad`` file or ``.zarr`` store, with its rank layer left on disk.
 
-    @property
-    def has_special_tokens(self) -> bool:
-        """Whether cells are wrapped in ``<cls>`` … ``<eos>`` (V2)."""
-        return self.n_special > 0
+        Only obs, var and the encoding parameters are read (anndata's ``backed`` mode would load every layer).
+        :attr:`adata` holds them, without expression data. Call :meth:`close` when done.
+        """
+        import anndata as ad
+        from anndata.io import read_elem, sparse_dataset
 
-    @property
-    def n_cells(self) -> int:
-        """Number of cells (encoded or not)."""
-        return len(self.lengths)
+        path = Path(path)
+        if not path.exists():
+            msg = f"{path} does not exist."
+            raise FileNotFoundError(msg)
+        if path.suffix == ".zarr" or path.is_dir():
+            import zarr
+
+            group = zarr.open_group(path, mode="r")
+            handle = None
+        else:
+            import h5py
+
+            handle = group = h5py.File(path, "r")
+        keys = encoding_keys(key)
+        try:
+            if keys.uns not in group.get("uns", {}) or keys.ranks not in group.get("layers", {}):
+                msg = f"{path} is not rank-encoded with key {key!r}; run `sgf.pp.rank_encode` on it and save it."
+                raise KeyError(msg)
+            obs, var = read_elem(group["obs"]), read_elem(group["var"])
+            adata = ad.AnnData(obs=obs, var=var, uns={keys.uns: read_elem(group["uns"][keys.uns])})
+            info = cls(adata, key, ranks=sparse_dataset(group["layers"][keys.ranks]))
+        except BaseException:
+            if handle is not None:
+                handle.close()
+            raise
+        info._file = handle
+        info.path = path
+        return info
+
+    def close(self) -> None:
+        """Close the file opened by :meth:`open`."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+            self._ranks = None
 
     @property
     def ranks(self):
         """The rank layer (in memory or on disk)."""
+        if self._ranks is not None:
+            return self._ranks
         return self.adata.layers[self.keys.ranks]
 
     def encoded_cells(self) -> np.ndarray:
@@ -145,28 +203,16 @@ class EncodingInfo:
             return []
         # Backed sparse datasets want sorted, unique row indices.
         unique, inverse = np.unique(idx, return_inverse=True)
-        rows = _csr(self.ranks[unique])
-        n_genes = np.diff(rows.indptr)
-        lengths = self.lengths[unique]
-        expected = np.where(lengths > 0, lengths - self.n_special, 0)
-        if not np.array_equal(n_genes, expected):
-            msg = (
-                "The rank layer no longer matches the encoded lengths: genes holding ranks were removed after "
-                "`rank_encode`. Re-run `sgf.pp.rank_encode` on the subset."
-            )
-            raise ValueError(msg)
-        # Scatter each gene's token to its rank position in one flat array.
-        offsets = np.concatenate([[0], np.cumsum(lengths)])
-        flat = np.empty(offsets[-1], dtype=np.int32)
-        cell_of_entry = np.repeat(np.arange(len(unique)), n_genes)
-        shift = 1 if self.n_special else 0
-        flat[offsets[cell_of_entry] + rows.data.astype(np.int64) - 1 + shift] = self.var_token[rows.indices]
-        if self.n_special:
-            encoded = lengths > 0
-            flat[offsets[:-1][encoded]] = self.cls_id
-            flat[offsets[1:][encoded] - 1] = self.eos_id
+        flat, offsets = self._assemble(_csr(self.ranks[unique]), self.lengths[unique])
         sequences = np.split(flat, offsets[1:-1])
         return [sequences[i] for i in inverse]
+
+    def sequence_range(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """Tokens of cells ``start..stop-1`` as ``(flat int32 tokens, offsets)``: one contiguous read."""
+        return self._assemble(_csr(self.ranks[start:stop]), self.lengths[start:stop])
+
+    def _assemble(self, rows: sp.csr_matrix, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return assemble_sequences(rows, lengths, self.var_token, self.n_special, self.cls_id, self.eos_id)
 
     def iter_rank_blocks(self, block: int = ROW_BLOCK) -> Iterator[tuple[int, sp.csr_matrix]]:
         """The rank layer in blocks of rows: ``(first row, CSR rows)``; only one block is in memory at a time."""
@@ -212,6 +258,41 @@ class EncodingInfo:
 
     def __repr__(self) -> str:
         return f"EncodingInfo({self.version}, {int((self.lengths > 0).sum())} of {self.n_cells} cells encoded)"
+
+
+def assemble_sequences(
+    rows: sp.csr_matrix, lengths: np.ndarray, var_token: np.ndarray, n_special: int, cls_id: int, eos_id: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Token sequences of rank-layer rows as ``(flat int32 tokens, offsets)``; cell i starts at ``offsets[i]``.
+
+    Each gene's token goes to its rank position in one flat array (plus ``<cls>``/``<eos>`` around V2 cells).
+    """
+    n_genes = np.diff(rows.indptr)
+    expected = np.where(lengths > 0, lengths - n_special, 0)
+    if not np.array_equal(n_genes, expected):
+        msg = (
+            "The rank layer no longer matches the encoded lengths: genes holding ranks were removed after "
+            "`rank_encode`. Re-run `sgf.pp.rank_encode` on the subset."
+        )
+        raise ValueError(msg)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    flat = np.empty(offsets[-1], dtype=np.int32)
+    cell_of_entry = np.repeat(np.arange(len(lengths)), n_genes)
+    shift = 1 if n_special else 0
+    flat[offsets[cell_of_entry] + rows.data.astype(np.int64) - 1 + shift] = var_token[rows.indices]
+    if n_special:
+        encoded = lengths > 0
+        flat[offsets[:-1][encoded]] = cls_id
+        flat[offsets[1:][encoded] - 1] = eos_id
+    return flat, offsets
+
+
+def encoding_of(adata: AnnData, key: str = "geneformer"):
+    """The encoding the models read for ``adata``: its :class:`EncodingInfo`, or the corpus whose results it holds."""
+    corpus = getattr(adata, "_sgf_corpus", None)
+    if corpus is not None and corpus.key == key:
+        return corpus
+    return EncodingInfo(adata, key)
 
 
 def _csr(rows) -> sp.csr_matrix:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ._batching import CellPositions, LengthGroupedBatchSampler, SequenceCollator, iter_batches
-from ._execution import Execution, lightning_run, progress_bar
+from ._execution import Execution, lightning_predict, progress_bar
 
 if TYPE_CHECKING:
     from ._encoding import EncodingInfo
@@ -199,23 +199,13 @@ def _run_lightning(module, info, cells, compute: Compute, results: InferenceResu
         max_cells=execution.batch_size,
         shuffle=False,
         even_split=False,
+        block_cells=getattr(info, "block_cells", None),
+        num_workers=execution.num_workers,
     )
     loader = torch.utils.data.DataLoader(
-        CellPositions(info.n_cells), batch_sampler=sampler, collate_fn=SequenceCollator(info)
+        CellPositions(info.n_cells),
+        batch_sampler=sampler,
+        collate_fn=SequenceCollator(info),
+        num_workers=execution.num_workers,
     )
-    was_training = module.training
-    module.eval()
-    try:
-        with lightning_run():
-            trainer = pl.Trainer(
-                **execution.trainer_kwargs(),
-                logger=False,
-                enable_checkpointing=False,
-                enable_progress_bar=execution.show_progress,
-                enable_model_summary=False,
-                use_distributed_sampler=False,
-            )
-            trainer.predict(Predictor(), dataloaders=loader, return_predictions=False)
-    finally:
-        module.train(was_training)
-        module.cpu()
+    lightning_predict(module, Predictor(), loader, execution)

@@ -69,6 +69,9 @@ class Execution:
         16,384 on MPS. Inference results do not depend on it; for training it is the batch size.
     batch_size
         Optional cap on the cells of a batch.
+    num_workers
+        Data-loader worker processes that read and pad batches while the model computes (training, and inference
+        through Lightning). ``0``: read in the computing process.
     progress_bar
         Show progress bars.
 
@@ -86,6 +89,7 @@ class Execution:
     precision: str | None = None
     token_budget: int | None = None
     batch_size: int | None = None
+    num_workers: int = 0
     progress_bar: bool | None = None
 
     def __post_init__(self) -> None:
@@ -99,6 +103,9 @@ class Execution:
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 msg = f"{name} must be a positive integer, got {value!r}."
                 raise ValueError(msg)
+        if not isinstance(self.num_workers, int) or isinstance(self.num_workers, bool) or self.num_workers < 0:
+            msg = f"num_workers must be a non-negative integer, got {self.num_workers!r}."
+            raise ValueError(msg)
         if isinstance(self.devices, list):
             object.__setattr__(self, "devices", [int(d) for d in self.devices])
 
@@ -224,7 +231,8 @@ def lightning_run():
 
     Lightning prints device summaries and advertising tips at INFO level on every ``Trainer``; those are logged only
     at ``verbosity="info"`` or more. Its deprecation warning about ``LeafSpec`` (Lightning's own use of a torch
-    API) is not ours to fix and is not shown.
+    API) is not ours to fix and is not shown, nor are its notes on custom batch samplers and on ``predict_step``
+    returning nothing, which do not apply to our inference runs.
     """
     import logging
     import warnings
@@ -240,6 +248,10 @@ def lightning_run():
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+            # Our inference runs use their own batch samplers, which never drop cells (tested), and their predict
+            # steps collect results themselves instead of returning them: Lightning's notes on both do not apply.
+            warnings.filterwarnings("ignore", message=r"You are using a custom batch sampler .* for prediction")
+            warnings.filterwarnings("ignore", message=r"predict returned None if it was on purpose")
             yield
     finally:
         for log, level in zip(loggers, levels, strict=True):
@@ -272,3 +284,29 @@ def progress_bar(**kwargs):
     except ImportError:
         from tqdm import tqdm
     return tqdm(**kwargs)
+
+
+def lightning_predict(module, lightning_module, loader, execution: Execution) -> None:
+    """Run ``lightning_module`` (wrapping ``module``) over ``loader`` with ``Trainer.predict``, one process per device.
+
+    The steps collect their results themselves; ``module`` runs in eval mode and is left on the CPU in the mode it
+    had.
+    """
+    import lightning.pytorch as pl
+
+    was_training = module.training
+    module.eval()
+    try:
+        with lightning_run():
+            trainer = pl.Trainer(
+                **execution.trainer_kwargs(),
+                logger=False,
+                enable_checkpointing=False,
+                enable_progress_bar=execution.show_progress,
+                enable_model_summary=False,
+                use_distributed_sampler=False,
+            )
+            trainer.predict(lightning_module, dataloaders=loader, return_predictions=False)
+    finally:
+        module.train(was_training)
+        module.cpu()

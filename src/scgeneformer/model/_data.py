@@ -109,9 +109,11 @@ class TokenCollator(SequenceCollator):
         return batch
 
     def masking_generator(self) -> torch.Generator:
-        """The masking generator of this process (different masks on different ranks)."""
+        """The masking generator of this process (different masks on different ranks and data-loader workers)."""
         if self.generator is None:
-            self.generator = torch.Generator().manual_seed(self.seed + 7919 * world()[1])
+            worker = torch.utils.data.get_worker_info()
+            worker_id = 0 if worker is None else worker.id + 1
+            self.generator = torch.Generator().manual_seed(self.seed + 7919 * world()[1] + 104_729 * worker_id)
         return self.generator
 
     def for_evaluation(self) -> TokenCollator:
@@ -136,6 +138,9 @@ class TokenDataModule(pl.LightningDataModule):
         Batch size in padded tokens, and an optional cap on cells per batch.
     seed
         Seed of the batch order.
+    num_workers
+        Data-loader worker processes. A corpus on disk is read in shuffled blocks of contiguous cells (see
+        :class:`~scgeneformer._batching.LengthGroupedBatchSampler`).
     """
 
     def __init__(
@@ -147,9 +152,11 @@ class TokenDataModule(pl.LightningDataModule):
         token_budget: int,
         max_cells: int | None = None,
         seed: int = 0,
+        num_workers: int = 0,
     ) -> None:
         super().__init__()
         self.info = info
+        self.num_workers = num_workers
         self.collator = collator
         self.token_budget = token_budget
         self.max_cells = max_cells
@@ -178,9 +185,15 @@ class TokenDataModule(pl.LightningDataModule):
             max_cells=self.max_cells,
             shuffle=shuffle,
             seed=self.seed,
+            block_cells=getattr(self.info, "block_cells", None),
+            num_workers=self.num_workers,
         )
         return torch.utils.data.DataLoader(
-            CellPositions(self.info.n_cells), batch_sampler=sampler, collate_fn=collator or self.collator
+            CellPositions(self.info.n_cells),
+            batch_sampler=sampler,
+            collate_fn=collator or self.collator,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
         )
 
     def train_dataloader(self):

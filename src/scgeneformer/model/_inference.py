@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .._data import resolve_adata
-from .._encoding import EncodingInfo
+from .._encoding import EncodingInfo, encoding_of
 from .._engine import InferenceResults, gene_token_mask, run_inference
 from .._execution import Execution
 
@@ -67,6 +67,10 @@ class InferenceMixin:
         It is the encoding of ``adata`` (AnnData or the ``mod`` modality of a MuData), or of the data the model was
         set up with. ``encoding_key`` defaults to the one registered with :meth:`setup_anndata`, else ``"geneformer"``.
         """
+        key = encoding_key or self.registry_["setup_args"].get("encoding_key") or "geneformer"
+        if adata is None and getattr(self, "corpus", None) is not None:
+            self.check_encoding(self.corpus)
+            return self.corpus
         if adata is None:
             if self.adata is None:
                 msg = (
@@ -75,10 +79,15 @@ class InferenceMixin:
                 )
                 raise ValueError(msg)
             adata = self.adata
-        key = encoding_key or self.registry_["setup_args"].get("encoding_key") or "geneformer"
-        info = EncodingInfo(resolve_adata(adata, mod), key)
+        info = encoding_of(resolve_adata(adata, mod), key)
         self.check_encoding(info)
         return info
+
+    @property
+    def training_data(self) -> AnnData | None:
+        """The AnnData whose ``.obs`` training reads (labels, groups): the model's data, or its corpus's annotations."""
+        corpus = getattr(self, "corpus", None)
+        return corpus.adata if corpus is not None else self.adata
 
     def hidden_state_index(self, layer: int) -> int:
         """The hidden state (0: embedding layer output, ``n_layers``: last layer) that ``layer`` selects.

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
     from anndata import AnnData
 
+    from .._corpus import Corpus
     from ._gene_classifier import GeneLabels
 
 
@@ -72,8 +73,8 @@ class GeneformerModel(InferenceMixin, BaseModelClass):
     Parameters
     ----------
     adata
-        Encoded AnnData to train on, or ``None``. Data not yet registered with :meth:`setup_anndata` are registered
-        with its defaults (no labels).
+        Encoded AnnData to train on, a corpus larger than memory (:func:`~scgeneformer.read_corpus`), or ``None``.
+        Data not yet registered with :meth:`setup_anndata` are registered with its defaults (no labels).
     registry
         Registry of a saved model (used by :meth:`load`).
     bert_config
@@ -113,6 +114,12 @@ class GeneformerModel(InferenceMixin, BaseModelClass):
         gene_classes: list[str] | None = None,
         lora: dict | None = None,
     ) -> None:
+        from .._corpus import Corpus
+
+        corpus = None
+        if isinstance(adata, Corpus):
+            # A corpus on disk is read through its own loader: the model is set up on no AnnData.
+            corpus, adata = adata, None
         if adata is None and registry is None:
             registry = data_free_registry(type(self).__name__)
         if adata is not None and registry is None and self._get_most_recent_anndata_manager(adata) is None:
@@ -143,6 +150,7 @@ class GeneformerModel(InferenceMixin, BaseModelClass):
             self.classes = None if classes is None else list(classes)
         self.gene_classes = None if gene_classes is None else list(gene_classes)
         self.vocabulary_version = vocabulary
+        self.corpus = corpus
         self.checkpoint = checkpoint
         self.is_trained_ = checkpoint is not None
         self._model_summary_string = self._summary()
@@ -232,7 +240,8 @@ class GeneformerModel(InferenceMixin, BaseModelClass):
         name_or_path
             A checkpoint name or alias (e.g. ``"Geneformer-V1-10M"``, ``"V2-104M"``), a folder, or a repository id.
         adata
-            Optional encoded AnnData to train on (registered with :meth:`setup_anndata`'s defaults if it was not).
+            Optional encoded AnnData to train on (registered with :meth:`setup_anndata`'s defaults if it was not), or
+            a corpus larger than memory (:func:`~scgeneformer.read_corpus`).
         vocabulary
             ``"V1"``/``"V2"``; needed only for a local folder whose ``vocab_size`` is not a Geneformer one.
         revision
@@ -406,8 +415,10 @@ class GeneformerModel(InferenceMixin, BaseModelClass):
             adata = mudata.read_h5mu(folder / f"{prefix}mdata.h5mu")
         return load_model(cls, folder, adata, prefix=prefix)
 
-    def copy(self, adata: AnnData | None = None, *, encoding_key: str | None = None) -> GeneformerModel:
+    def copy(self, adata: AnnData | Corpus | None = None, *, encoding_key: str | None = None) -> GeneformerModel:
         """An independent copy of the model (weights, heads, vocabulary), set up on ``adata`` or on no data.
+
+        ``adata`` may be a corpus larger than memory (:func:`~scgeneformer.read_corpus`).
 
         Fine-tuning the copy leaves this model unchanged, e.g. to fine-tune one copy per cross-validation fold.
         ``adata`` not yet registered with :meth:`setup_anndata` (with ``encoding_key``, when given) is registered.
@@ -416,7 +427,9 @@ class GeneformerModel(InferenceMixin, BaseModelClass):
         --------
         >>> fold_model = model.copy(adata)  # doctest: +SKIP
         """
-        if adata is not None:
+        from .._corpus import Corpus
+
+        if adata is not None and not isinstance(adata, Corpus):
             manager = self._get_most_recent_anndata_manager(adata)
             registered = None if manager is None else manager.registry["setup_args"].get("encoding_key")
             if manager is None or (encoding_key is not None and registered != encoding_key):
@@ -756,7 +769,7 @@ class GeneformerModel(InferenceMixin, BaseModelClass):
                 "few parameters), save it, and quantize the result for inference."
             )
             raise ValueError(msg)
-        if self.adata is None:
+        if self.training_data is None:
             msg = (
                 "This model has no training data: create it with encoded data, e.g. "
                 "`GeneformerModel.from_pretrained(name, adata)` or `model.copy(adata)`."
@@ -780,6 +793,7 @@ class GeneformerModel(InferenceMixin, BaseModelClass):
             token_budget=execution.token_budget_for(training=True),
             max_cells=execution.batch_size,
             seed=seed,
+            num_workers=execution.num_workers,
         )
         plan = task.make_plan(self.module, plan_kwargs)
         trainer_kwargs["callbacks"] = [*trainer_kwargs.get("callbacks", []), *task.callbacks(prepared)]

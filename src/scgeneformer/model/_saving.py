@@ -192,7 +192,9 @@ def load_model(cls, dir_path: str | os.PathLike, adata: AnnData | None = None, *
         raise ValueError(msg) from e
     for alias, name in payload.get("tied_weights", {}).items():
         state[alias] = state[name]
-    if adata is not None and payload.get("setup_args") is not None:
+    from .._corpus import Corpus
+
+    if adata is not None and not isinstance(adata, Corpus) and payload.get("setup_args") is not None:
         cls.setup_anndata(adata, **payload["setup_args"])
     model = cls(adata, **payload["init_params"])
     missing, unexpected = model.module.load_state_dict(state, strict=False)

@@ -198,7 +198,7 @@ class CellClassificationTask(TrainingTask):
     def validate(self, model: GeneformerModel) -> None:
         super().validate(model)
         tasks = self.tasks(model)
-        if model.adata is None or not tasks:
+        if model.training_data is None or not tasks:
             msg = (
                 "Cell classification needs labelled data: pass `labels_key=` (one .obs column, or several for a "
                 "multitask classifier), or register it with `GeneformerModel.setup_anndata(adata, labels_key=...)`; "
@@ -206,9 +206,9 @@ class CellClassificationTask(TrainingTask):
                 "`GeneformerModel.from_pretrained(name, adata)` / `GeneformerModel.load(path, adata)`."
             )
             raise ValueError(msg)
-        missing = [t for t in tasks if t not in model.adata.obs.columns]
+        missing = [t for t in tasks if t not in model.training_data.obs.columns]
         if missing:
-            msg = f"labels_key {missing} not in .obs; available: {list(model.adata.obs.columns)}."
+            msg = f"labels_key {missing} not in .obs; available: {list(model.training_data.obs.columns)}."
             raise KeyError(msg)
         if len(set(tasks)) != len(tasks):
             msg = f"labels_key names a column twice: {tasks}."
@@ -234,7 +234,7 @@ class CellClassificationTask(TrainingTask):
         if self.train_size + self.validation_size > 1 + 1e-9:
             msg = "train_size + validation_size must not exceed 1."
             raise ValueError(msg)
-        if self.group_key is not None and self.group_key not in model.adata.obs.columns:
+        if self.group_key is not None and self.group_key not in model.training_data.obs.columns:
             msg = f"group_key {self.group_key!r} is not an .obs column."
             raise KeyError(msg)
         if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
@@ -247,7 +247,7 @@ class CellClassificationTask(TrainingTask):
         from .._data import cell_mask
         from ._classifier import split_cells
 
-        adata = model.adata
+        adata = model.training_data
         tasks = self.tasks(model)
         codes = np.full((adata.n_obs, len(tasks)), -100, dtype=np.int64)
         classes = {}
@@ -326,7 +326,7 @@ class CellClassificationTask(TrainingTask):
         model.module.eval()
         test = prepared.split[2]
         quiet = execution.replace(progress_bar=False, devices=None, num_nodes=1)
-        predicted = model.predict(model.adata, test, soft=True, encoding_key=info.key, execution=quiet)
+        predicted = model.predict(model.training_data, test, soft=True, encoding_key=info.key, execution=quiet)
         targets = prepared.targets["labels"]
         if self.multitask:
             tasks = {}
@@ -344,7 +344,7 @@ class CellClassificationTask(TrainingTask):
             (task_classes,) = self.classes.values()
             report = classification_metrics(targets[test], predicted.to_numpy().argmax(1), task_classes)
         report["validation_macro_f1"] = float(plan.best_macro_f1) if plan.best_state is not None else float("nan")
-        report["test_cells"] = model.adata.obs_names[test].to_numpy(dtype=str)
+        report["test_cells"] = model.training_data.obs_names[test].to_numpy(dtype=str)
         return report
 
 
@@ -361,7 +361,7 @@ class GeneClassificationTask(TrainingTask):
 
     def validate(self, model: GeneformerModel) -> None:
         super().validate(model)
-        if model.adata is None:
+        if model.training_data is None:
             msg = (
                 "Gene classification trains on encoded data: create the model with it, e.g. "
                 "`GeneformerModel.from_pretrained(name, adata)` or `model.copy(adata)`."

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..tl._perturb_spec import GoalStates
-from ..tl._perturb_stats import perturbation_results
+from ..tl._perturb_stats import aggregate_gene_shifts_store, perturbation_results, result_cell_rows
 from ._utils import finish
 
 if TYPE_CHECKING:
@@ -24,8 +24,7 @@ def _results(data, key: str, mod: str) -> dict:
 
 def _effect(results: dict) -> tuple[pd.DataFrame, str, str]:
     """Cell rows with an ``effect`` column: the shift toward the goal state, or 1 - cosine without states."""
-    rows = results["cells"]
-    rows = rows[rows["affected"] == "cell"].copy()
+    rows = result_cell_rows(results).copy()
     states = GoalStates.from_params(results.get("params", {}).get("states"))
     if states is not None:
         goal = states.goal_state
@@ -202,8 +201,15 @@ def perturbation_heatmap(
     """
     import matplotlib.pyplot as plt
 
-    table = _results(data, key, mod)["cells"]
-    genes = table[table["affected"] != "cell"]
+    results = _results(data, key, mod)
+    if "cells" in results:
+        table = results["cells"]
+        genes = table[table["affected"] != "cell"]
+    else:  # a store: the mean cosine of each (perturbed, affected) pair, summed part by part
+        from ..tl._perturb_store import PerturbationStore
+
+        genes = aggregate_gene_shifts_store(PerturbationStore(results["path"]))
+        genes = genes[genes["affected_token"] != -1].rename(columns={"cosine_mean": "cosine"})
     if genes.empty:
         msg = "The results hold no gene shifts: run sgf.tl.perturb(..., gene_shifts=True)."
         raise ValueError(msg)

@@ -6,10 +6,12 @@ from ._embed import embed, state_embeddings
 from ._gene_classify import classify_genes, gene_classification_cv
 from ._perturb import perturb
 from ._perturb_spec import GoalStates
-from ._perturb_stats import perturbation_stats
+from ._perturb_stats import perturbation_stats, read_perturbation_store
+from ._perturb_store import PerturbationStore
 
 __all__ = [
     "GoalStates",
+    "PerturbationStore",
     "annotate",
     "cell_classification_cv",
     "classify_genes",
@@ -18,5 +20,6 @@ __all__ = [
     "hyperparameter_search",
     "perturb",
     "perturbation_stats",
+    "read_perturbation_store",
     "state_embeddings",
 ]

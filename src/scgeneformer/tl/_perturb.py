@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 import numpy as np
 
@@ -48,6 +49,7 @@ def perturb(
     encoding_key: str = "geneformer",
     reference_quirks: bool = False,
     execution: Execution | Mapping | None = None,
+    out: str | os.PathLike | None = None,
     mod: str = "rna",
     inplace: bool = True,
 ) -> dict[str, pd.DataFrame] | None:
@@ -130,7 +132,16 @@ def perturb(
         over-counted by the number of inserted genes, so a cell one gene short of the input size loses a gene of
         its original that the perturbed cell keeps (that gene is compared with a zero vector, cosine 0).
     execution
-        How to run (:class:`~scgeneformer.Execution`): device, precision, batch size, progress bar.
+        How to run (:class:`~scgeneformer.Execution`): device, precision, batch size, progress bar. With several
+        devices or processes (e.g. ``{"accelerator": "cuda", "devices": 8, "strategy": "ddp"}``, or ``num_nodes``),
+        the cells are split into parts that are shared out by their cost in tokens, each process perturbs its
+        parts, and every process receives all results, identical to a run in one process.
+    out
+        Folder of a Parquet store to write the results to as parts of cells finish, instead of keeping them in
+        memory: memory then stays flat in the number of cells and result rows. Running the same call again
+        resumes: finished parts are kept and only the rest is computed (a call with other parameters, another
+        model or other cells is refused). ``.uns[key_added]`` then holds the summary, the parameters and the path;
+        :func:`~scgeneformer.tl.perturbation_stats` and the ``sgf.pl`` plots read the store part by part.
     mod
         Modality used when ``data`` is a MuData.
     inplace
@@ -154,6 +165,9 @@ def perturb(
 
     ``params``: the run's parameters (genes, perturbation, pooling, layer, cells, model, states …).
 
+    With ``out``: ``{"path": the store, "genes": the summary, "params": ..., "n_rows": rows in the store}``; read
+    the table with ``sgf.tl.read_perturbation_store(path)``.
+
     Examples
     --------
     >>> sgf.tl.perturb(adata, model, "all", max_cells=100)  # delete every gene of 100 cells  # doctest: +SKIP
@@ -164,7 +178,7 @@ def perturb(
     import torch
 
     from .._engine import inference
-    from ._perturb_engine import EngineSpec, run_perturbations
+    from ._perturb_engine import EngineSpec
 
     start_time = time.perf_counter()
     adata = resolve_adata(data, mod)
@@ -207,28 +221,19 @@ def perturb(
 
     max_len = model.module.config.max_position_embeddings
     n_perturbations = spec.count(info.lengths[selected], special)
-    jobs = _iter_jobs(info, selected, spec, max_len)
-    device = execution.device
+    device_type = execution.resolved_accelerator if execution.distributed else execution.device.type
     engine = EngineSpec(
         n_run=n_run,
         pooling=pooling,
         cell_cosine=cell_cosine,
         states=None if state_matrix is None else torch.as_tensor(state_matrix),
         gene_shifts=gene_shifts,
-        token_budget=execution.token_budget_for(device.type),
+        token_budget=execution.token_budget_for(device_type),
     )
-    labels: list[list[tuple[int, ...]]] = []
-    with (
-        progress_bar(
-            total=n_perturbations, desc="perturbations", unit="seq", disable=not execution.show_progress
-        ) as bar,
-        inference(model.module, device, execution) as module,
-    ):
-        results = list(run_perturbations(module, _recording(jobs, labels), engine, progress=bar))
-
+    plan = _plan_parts(info, selected, spec, max_len, model.module.config)
+    work = _PerturbationWork(info, selected, spec, max_len, engine)
     quirk_labels = reference_quirks and tokens is None and perturbation == "overexpress"
     state_columns = [] if goal is None else goal.columns
-    tables = _tables(adata, selected, labels, results, vocab, state_columns, shift_labels=quirk_labels)
     params = spec.to_params() | {
         "pooling": pooling,
         "cell_cosine": cell_cosine if pooling == "mean" else "cls",
@@ -241,14 +246,190 @@ def perturb(
     }
     if goal is not None:
         params["states"] = goal.to_params()
+
+    store = None
+    if out is not None:
+        from ._perturb_store import PerturbationStore, cells_fingerprint, model_fingerprint
+
+        identity = params | {
+            "cells": cells_fingerprint(adata.obs_names[selected]),
+            "model_weights": model_fingerprint(model.module),
+            "state_embeddings": None if state_matrix is None else state_matrix.round(6).tolist(),
+            "gene_shifts": gene_shifts,
+            "precision": execution.resolved_precision,
+            "parts": [int(len(part)) for part in plan.parts],
+        }
+        store = PerturbationStore.open(out, identity, len(plan.parts))
+    done = set() if store is None else store.done_parts()
+    todo = [p for p in range(len(plan.parts)) if p not in done]
+    if done:
+        logger.info("perturb: resuming %s: %d of %d parts done", out, len(done), len(plan.parts))
+
+    def finish_part(part: int, result, labels: dict) -> None:
+        if store is not None:
+            table = _tables(adata, selected, labels, [result], vocab, state_columns, shift_labels=quirk_labels)
+            store.write_part(part, table["cells"])
+
+    if execution.distributed:
+        results, labels = _run_distributed(model.module, work, plan, todo, execution, finish_part, keep=store is None)
+    else:
+        results, labels = [], {}
+        done_perturbations = int(sum(plan.n_perturbations[p] for p in done))
+        with (
+            progress_bar(
+                total=n_perturbations,
+                initial=done_perturbations,
+                desc="perturbations",
+                unit="seq",
+                disable=not execution.show_progress,
+            ) as bar,
+            inference(model.module, execution.device, execution) as module,
+        ):
+            for part in todo:
+                result, part_labels = work.run(module, plan.parts[part], progress=bar)
+                finish_part(part, result, part_labels)
+                if store is None:
+                    results.append(result)
+                    labels |= part_labels
+
     elapsed = time.perf_counter() - start_time
     params["seconds"] = round(elapsed, 3)
-    tables["params"] = params
+    if store is None:
+        tables = _tables(adata, selected, labels, results, vocab, state_columns, shift_labels=quirk_labels)
+        tables["params"] = params
+    else:
+        from ._perturb_store import summarize_store
+
+        summary = summarize_store(store, state_columns)
+        store.write_summary(summary)
+        tables = {"path": str(store.path), "genes": summary, "params": params, "n_rows": store.n_rows}
     logger.info("perturb: %d perturbations of %d cells in %.1f s", n_perturbations, len(selected), elapsed)
     if not inplace:
         return tables
     adata.uns[key_added] = tables
     return None
+
+
+# -- parts and their execution ------------------------------------------------------------------------------------
+class _Plan(NamedTuple):
+    """Groups of cells (positions in ``selected``, contiguous) that run and are stored together."""
+
+    parts: list[np.ndarray]
+    #: model FLOPs of each part's perturbed sequences (how parts are shared out between processes)
+    cost: np.ndarray
+    n_perturbations: np.ndarray
+
+
+def _plan_parts(info, selected: np.ndarray, spec: PerturbationSpec, max_len: int, config) -> _Plan:
+    """Cut the selected cells into parts of about ``CHUNK_TOKENS`` perturbed tokens, in processing order.
+
+    These are the chunks the engine runs (so a part's results do not depend on how many processes run), costed by
+    the encoder's FLOPs on each perturbed sequence, whose attention grows with the square of its length.
+    """
+    from . import _perturb_engine
+
+    d, f = config.hidden_size, config.intermediate_size
+    tokens = np.zeros(len(selected), dtype=np.int64)
+    cost = np.zeros(len(selected), dtype=np.float64)
+    counts = np.zeros(len(selected), dtype=np.int64)
+    for j, job in enumerate(_iter_jobs(info, selected, spec, max_len)):
+        lengths = np.array([len(p) for p in job.perturbed], dtype=np.float64)
+        tokens[j], counts[j] = lengths.sum(), len(lengths)
+        cost[j] = (lengths * (8 * d + 4 * f + 4 * lengths)).sum() * d
+    parts, start, running = [], 0, 0
+    for j in range(len(selected)):
+        running += tokens[j]
+        if running >= _perturb_engine.CHUNK_TOKENS:
+            parts.append(np.arange(start, j + 1))
+            start, running = j + 1, 0
+    if start < len(selected):
+        parts.append(np.arange(start, len(selected)))
+    return _Plan(
+        parts,
+        np.array([cost[p].sum() for p in parts]),
+        np.array([counts[p].sum() for p in parts], dtype=np.int64),
+    )
+
+
+class _PerturbationWork:
+    """Runs one part: builds its cells' perturbations and passes them through the engine."""
+
+    def __init__(self, info, selected: np.ndarray, spec: PerturbationSpec, max_len: int, engine) -> None:
+        self.info, self.selected, self.spec, self.max_len, self.engine = info, selected, spec, max_len, engine
+
+    def run(self, module, part: np.ndarray, progress=None) -> tuple[object, dict]:
+        from ._perturb_engine import run_chunk
+
+        cells = _iter_jobs(self.info, self.selected[part], self.spec, self.max_len)
+        jobs = list(zip(part.tolist(), cells, strict=True))
+        labels = {j: job.labels for j, job in jobs}
+        return run_chunk(module, jobs, self.engine, progress), labels
+
+
+def share_by_cost(cost: np.ndarray, n_workers: int) -> list[list[int]]:
+    """Longest-processing-time-first assignment of items with ``cost`` to ``n_workers`` (each list in item order)."""
+    loads = np.zeros(n_workers)
+    assigned: list[list[int]] = [[] for _ in range(n_workers)]
+    for item in np.argsort(-np.asarray(cost), kind="stable"):
+        worker = int(np.argmin(loads))
+        assigned[worker].append(int(item))
+        loads[worker] += cost[item]
+    return [sorted(items) for items in assigned]
+
+
+def _run_distributed(module, work: _PerturbationWork, plan: _Plan, todo: list[int], execution, finish_part, *, keep):
+    """Run the parts ``todo`` over the processes of a Lightning run; every process receives all results."""
+    import lightning.pytorch as pl
+    import torch
+
+    from .._batching import world
+    from .._execution import lightning_predict
+
+    collected: dict[str, list] = {"results": [], "labels": []}
+
+    class Parts(torch.utils.data.Sampler):
+        """The parts of the process iterating, shared out by cost once the processes exist."""
+
+        def _mine(self) -> list[list[int]]:
+            size, rank = world()
+            shares = share_by_cost(plan.cost[todo], size)
+            return [[todo[i]] for i in shares[rank]]
+
+        def __iter__(self):
+            return iter(self._mine())
+
+        def __len__(self) -> int:
+            return len(self._mine())
+
+    class Perturber(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.module = module
+
+        def predict_step(self, batch, batch_idx):
+            part = int(batch[0])
+            result, labels = work.run(self.module, plan.parts[part])
+            finish_part(part, result, labels)
+            if keep:
+                collected["results"].append(result)
+                collected["labels"].append(labels)
+
+        def on_predict_epoch_end(self) -> None:
+            if keep and torch.distributed.is_available() and torch.distributed.is_initialized():
+                gathered = [None] * torch.distributed.get_world_size()
+                torch.distributed.all_gather_object(gathered, (collected["results"], collected["labels"]))
+                collected["results"] = [r for results, _ in gathered for r in results]
+                collected["labels"] = [lab for _, labels in gathered for lab in labels]
+            elif torch.distributed.is_available() and torch.distributed.is_initialized():
+                torch.distributed.barrier()  # every part is on disk before any process reads the store
+
+    loader = torch.utils.data.DataLoader(range(len(plan.parts)), batch_sampler=Parts(), collate_fn=lambda b: b)
+    lightning_predict(module, Perturber(), loader, execution)
+    labels: dict = {}
+    for part_labels in collected["labels"]:
+        labels |= part_labels
+    results = sorted(collected["results"], key=lambda r: int(r.job[0]) if len(r.job) else -1)
+    return results, labels
 
 
 # -- validation ---------------------------------------------------------------------------------------------------
@@ -434,12 +615,6 @@ def _cell_job(cell: int, ids: np.ndarray, spec: PerturbationSpec, max_len: int, 
     if spec.perturbation == "delete":
         job.deleted = [int(p) for p in genes]
     return job
-
-
-def _recording(jobs, labels: list) -> Iterator:
-    for job in jobs:
-        labels.append(job.labels)
-        yield job
 
 
 # -- result tables ------------------------------------------------------------------------------------------------

@@ -10,7 +10,6 @@ Results are returned as flat arrays, so memory stays proportional to the results
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,7 +19,9 @@ from .._batching import pad_sequences, plan_batches
 from ._first_layer import DeletionFirstLayer, run_remaining_layers
 from ._perturb_ops import ZERO, CellJob
 
-#: Perturbed tokens per chunk of cells: bounds the memory of the originals' bank and of pending results.
+#: Perturbed tokens per chunk of cells (whole cells; at least one): bounds the memory of the originals' bank and of
+#: pending results. A chunk is also the part of a screen that is shared out, stored and resumed as one
+#: (see ``_perturb._plan_parts``); results depend on it only through float rounding.
 CHUNK_TOKENS = 1_000_000
 
 
@@ -57,18 +58,6 @@ class ChunkResult:
     gene_cosine: np.ndarray | None = None
 
 
-def _chunks(jobs: Iterable[CellJob], chunk_tokens: int) -> Iterator[list[tuple[int, CellJob]]]:
-    chunk, tokens = [], 0
-    for index, job in enumerate(jobs):
-        chunk.append((index, job))
-        tokens += sum(len(p) for p in job.perturbed)
-        if tokens >= chunk_tokens:
-            yield chunk
-            chunk, tokens = [], 0
-    if chunk:
-        yield chunk
-
-
 def _state_shifts(perturbed: torch.Tensor, original: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
     cos = torch.nn.functional.cosine_similarity
     after = cos(perturbed[:, None, :], states[None, :, :], dim=-1)
@@ -76,15 +65,9 @@ def _state_shifts(perturbed: torch.Tensor, original: torch.Tensor, states: torch
     return after - before
 
 
-def run_perturbations(
-    module, jobs: Iterable[CellJob], spec: EngineSpec, *, progress=None, chunk_tokens: int = CHUNK_TOKENS
-) -> Iterator[ChunkResult]:
-    """Run the perturbations of ``jobs`` chunk by chunk; yields one :class:`ChunkResult` per chunk.
-
-    Call it inside :func:`scgeneformer._engine.inference` (eval mode, inference mode, autocast, on the device).
-    """
-    for chunk in _chunks(jobs, chunk_tokens):
-        yield _Chunk(module, chunk, spec, progress).run()
+def run_chunk(module, jobs: list[tuple[int, CellJob]], spec: EngineSpec, progress=None) -> ChunkResult:
+    """Run one chunk: ``jobs`` are ``(index, job)`` pairs; the result's ``job`` holds those indices."""
+    return _Chunk(module, jobs, spec, progress).run()
 
 
 class _Chunk:

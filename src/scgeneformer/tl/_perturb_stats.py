@@ -44,7 +44,8 @@ def perturbation_stats(
     ----------
     data
         The AnnData (or MuData) holding the results in ``.uns[key]``, or the dict of results
-        (``perturb(..., inplace=False)``).
+        (``perturb(..., inplace=False)``). Results written to a store (``perturb(..., out=path)``) are read from it
+        part by part: only the cells' rows are loaded (``aggregate_gene_shifts`` sums the gene rows part by part).
     mode
         - ``"goal_state_shift"`` (goal-state mode): per gene, the mean shift toward the goal (and alternative)
           states; with ``genes="all"``, a two-sided Wilcoxon rank-sum test of the gene's shifts against the pooled
@@ -96,10 +97,13 @@ def perturbation_stats(
         msg = f"mode must be one of {MODES}, got {mode!r}."
         raise ValueError(msg)
     results, adata = perturbation_results(data, key, mod)
-    table, params = results["cells"], dict(results.get("params", {}))
+    params = dict(results.get("params", {}))
     genes_all = genes_param_is_all(params)
     states = GoalStates.from_params(params.get("states"))
-    cell_rows = table[table["affected"] == "cell"]
+    if mode == "aggregate_gene_shifts":
+        cell_rows = None  # reads the gene rows too, part by part for a store
+    else:
+        cell_rows = result_cell_rows(results)
     if mode == "goal_state_shift":
         if states is None:
             msg = "goal_state_shift needs results of a goal-state run (perturb with states=...)."
@@ -111,8 +115,7 @@ def perturbation_stats(
             raise ValueError(msg)
         null_results, _ = perturbation_results(null, key, mod)
         column = value or (states.column(states.goal_state) if states is not None else "cosine")
-        null_cells = null_results["cells"]
-        out = vs_null(cell_rows, null_cells[null_cells["affected"] == "cell"], column, alpha=alpha)
+        out = vs_null(cell_rows, result_cell_rows(null_results), column, alpha=alpha)
     elif mode == "mixture_model":
         if not genes_all:
             msg = "mixture_model needs many perturbed genes: run perturb with genes='all'."
@@ -121,8 +124,10 @@ def perturbation_stats(
     elif mode == "aggregate_data":
         columns = ["cell", "perturbed", "perturbed_id", "cosine"] + [c for c in cell_rows if c.startswith("shift_")]
         out = cell_rows[columns].reset_index(drop=True)
+    elif "cells" in results:
+        out = aggregate_gene_shifts(results["cells"])
     else:
-        out = aggregate_gene_shifts(table)
+        out = aggregate_gene_shifts_store(_store(results))
     if adata is None or not inplace:
         return out
     adata.uns[key][f"stats_{mode}"] = out
@@ -135,15 +140,120 @@ def perturbation_results(data, key: str = "geneformer_perturb", mod: str = "rna"
     Returns the results and the AnnData they were read from (``None`` for a dict).
     """
     if isinstance(data, dict):
-        if "cells" not in data:
+        if "cells" not in data and "path" not in data:
             msg = "Pass perturbation results: the dict returned by sgf.tl.perturb, or the AnnData holding them."
             raise ValueError(msg)
         return data, None
     adata = resolve_adata(data, mod)
-    if key not in adata.uns or "cells" not in adata.uns[key]:
+    if key not in adata.uns or not ({"cells", "path"} & set(adata.uns[key])):
         msg = f"No perturbation results in .uns[{key!r}]; run sgf.tl.perturb(adata, model, ...) first."
         raise KeyError(msg)
     return adata.uns[key], adata
+
+
+def _store(results: dict):
+    from ._perturb_store import PerturbationStore
+
+    return PerturbationStore(results["path"])
+
+
+def result_cell_rows(results: dict) -> pd.DataFrame:
+    """The rows of whole cells (``affected == "cell"``) of perturbation results, in memory or in a store.
+
+    From a store (``perturb(..., out=path)``) only these rows are read, a part at a time: the gene rows of a large
+    screen never are.
+    """
+    if "cells" in results:
+        table = results["cells"]
+        return table[table["affected"] == "cell"]
+    return _store(results).read(cell_rows=True)
+
+
+def read_perturbation_store(path) -> dict:
+    """Results that :func:`~scgeneformer.tl.perturb` wrote to ``out=path``, as the dict it returns in memory.
+
+    Parameters
+    ----------
+    path
+        The store's folder.
+
+    Returns
+    -------
+    ``{"cells": the whole table, "genes": the summary, "params": the run's parameters}``. The table of a large
+    screen may not fit in memory: :func:`~scgeneformer.tl.perturbation_stats` reads stores part by part instead.
+
+    Examples
+    --------
+    >>> sgf.tl.perturb(adata, model, "all", out="screen.parquet")  # doctest: +SKIP
+    >>> results = sgf.tl.read_perturbation_store("screen.parquet")  # doctest: +SKIP
+    """
+    import pandas as pd
+
+    from ._perturb_store import PerturbationStore
+
+    store = PerturbationStore(path)
+    summary_path = store.path / "summary.parquet"
+    genes = pd.read_parquet(summary_path) if summary_path.is_file() else None
+    params = {k: v for k, v in store.manifest["identity"].items() if k not in ("model_weights", "state_embeddings")}
+    return {"cells": store.read(), "genes": genes, "params": params}
+
+
+def aggregate_gene_shifts_store(store) -> pd.DataFrame:
+    """:func:`aggregate_gene_shifts` of a store, one part in memory at a time (float64 sums; std from them)."""
+    import pandas as pd
+
+    keys = ["perturbed_token", "affected_token"]
+    names = ["perturbed", "perturbed_id", "affected", "affected_id"]
+    totals = None
+    offset = 0
+    for part in store.iter_parts([*keys, *names, "cosine"]):
+        part = part.astype(dict.fromkeys(["perturbed_token", *names], str))
+        part["_row"] = np.arange(offset, offset + len(part))
+        offset += len(part)
+        cosine = part["cosine"].astype(np.float64)
+        part = part.assign(_sum=cosine, _sumsq=cosine**2, _n=1)
+        grouped = part.groupby(keys, sort=False).agg(
+            _sum=("_sum", "sum"),
+            _sumsq=("_sumsq", "sum"),
+            _n=("_n", "sum"),
+            _first=("_row", "min"),
+            **{n: (n, "first") for n in names},
+        )
+        if totals is None:
+            totals = grouped
+        else:
+            joined = totals.join(grouped, how="outer", rsuffix="_new")
+            for column in ("_sum", "_sumsq", "_n"):
+                joined[column] = joined[column].fillna(0) + joined[f"{column}_new"].fillna(0)
+            joined["_first"] = joined["_first"].fillna(joined["_first_new"])
+            for n in names:
+                joined[n] = joined[n].fillna(joined[f"{n}_new"])
+            totals = joined[list(grouped.columns)]
+    if totals is None:
+        return pd.DataFrame()
+    totals = totals.reset_index().sort_values("_first", kind="stable")
+    mean = totals["_sum"] / totals["_n"]
+    std = np.sqrt(np.maximum(totals["_sumsq"] / totals["_n"] - mean**2, 0.0))
+    gene_keys = pd.unique(totals["perturbed_token"].to_numpy())
+    rank_of_gene = dict(zip(gene_keys[_token_order(gene_keys)], range(len(gene_keys)), strict=True))
+    out = pd.DataFrame(
+        {
+            "perturbed_token": totals["perturbed_token"].to_numpy(),
+            "perturbed": totals["perturbed"].to_numpy(),
+            "perturbed_id": totals["perturbed_id"].to_numpy(),
+            "affected": totals["affected"].to_numpy(),
+            "affected_id": totals["affected_id"].to_numpy(),
+            "affected_token": totals["affected_token"].to_numpy(),
+            "cosine_mean": mean.to_numpy(),
+            "cosine_std": std.to_numpy(),
+            "n_detections": totals["_n"].astype(np.int64).to_numpy(),
+        }
+    )
+    out["_rank"] = [rank_of_gene[p] for p in out["perturbed_token"]]
+    out = out.sort_values("_rank", kind="stable")  # perturbations in token order, pairs by first appearance
+    out["_cell"] = out["affected_token"] == -1
+    out = out.sort_values(["_cell", "cosine_mean"], ascending=[False, True], kind="stable")
+    return out.drop(columns=["_cell", "_rank"]).reset_index(drop=True)
 
 
 def _token_order(tokens: Sequence[str]) -> np.ndarray:

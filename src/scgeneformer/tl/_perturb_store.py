@@ -1,0 +1,215 @@
+"""Perturbation results on disk: a Parquet dataset written part by part, resumable, read back in chunks.
+
+Layout of a store folder::
+
+    manifest.json          what was run: parameters, model fingerprint, cells, parts (written first, atomically)
+    parts/part-000042.parquet   the result rows of part 42 (a group of cells), written atomically when it finishes
+    summary.parquet        the per-perturbation summary, written when every part is done
+
+A part's file exists only once the part is complete (written to a temporary name, then renamed), so a run killed at
+any moment loses only the parts in flight; re-running the same call finds the finished parts and computes the rest.
+A call whose parameters, model or cells differ from the manifest's is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .._io import atomic_path, write_text_atomic
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import torch
+
+FORMAT = "scgeneformer-perturbation-store/1"
+#: Columns of the result table that hold names: stored dictionary-encoded, read back as categoricals.
+NAME_COLUMNS = ("cell", "perturbed", "perturbed_id", "perturbed_token", "affected", "affected_id")
+
+
+def model_fingerprint(module: torch.nn.Module) -> str:
+    """sha256 of the model's weights (names, shapes, dtypes and values), to tell whether a store came from it."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(-1).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def cells_fingerprint(names: Sequence[str]) -> str:
+    """sha256 of the perturbed cells' names, in processing order."""
+    return hashlib.sha256("\n".join(map(str, names)).encode()).hexdigest()
+
+
+class PerturbationStore:
+    """A folder of perturbation results written part by part (see the module docstring).
+
+    Parameters
+    ----------
+    path
+        The store's folder.
+
+    Examples
+    --------
+    >>> sgf.tl.perturb(adata, model, "all", out="screen")  # doctest: +SKIP
+    >>> store = sgf.tl.PerturbationStore("screen")  # doctest: +SKIP
+    >>> for part in store.iter_parts(["cell", "perturbed", "cosine"], cell_rows=True):  # doctest: +SKIP
+    ...     print(part.groupby("perturbed", observed=True)["cosine"].mean())
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        manifest = self.path / "manifest.json"
+        if not manifest.is_file():
+            msg = f"{self.path} is not a perturbation store (no manifest.json); run sgf.tl.perturb(..., out=path)."
+            raise FileNotFoundError(msg)
+        self.manifest = json.loads(manifest.read_text())
+        if self.manifest.get("format") != FORMAT:
+            msg = f"{self.path} was written in an unknown format {self.manifest.get('format')!r}."
+            raise ValueError(msg)
+
+    # -- creating and resuming ----------------------------------------------------------------------------------
+    @classmethod
+    def open(cls, path: str | os.PathLike, identity: dict[str, Any], n_parts: int) -> PerturbationStore:
+        """Create the store, or reopen it to resume when it holds the same run; refuse a different run."""
+        path = Path(path)
+        manifest = path / "manifest.json"
+        identity = json.loads(json.dumps(identity))  # plain JSON values, as they will be read back
+        if manifest.is_file():
+            store = cls(path)
+            recorded = store.manifest["identity"]
+            differing = sorted(k for k in set(recorded) | set(identity) if recorded.get(k) != identity.get(k))
+            if differing or store.manifest["n_parts"] != n_parts:
+                details = "; ".join(f"{k}: {recorded.get(k)!r} there, {identity.get(k)!r} now" for k in differing[:5])
+                msg = (
+                    f"{path} holds the results of a different perturbation run ({details or 'other parts'}). "
+                    "Resume it with the same arguments, model and cells, or write to a new path."
+                )
+                raise ValueError(msg)
+            return store
+        # Only our own files may be there (the processes of a distributed run create the store together).
+        foreign = (
+            [p.name for p in path.iterdir() if p.name != "parts" and ".manifest.json.tmp" not in p.name]
+            if (path.is_dir())
+            else []
+        )
+        if foreign or (path.exists() and not path.is_dir()):
+            msg = f"{path} exists and is not a perturbation store: choose a new or empty folder for out=."
+            raise FileExistsError(msg)
+        (path / "parts").mkdir(parents=True, exist_ok=True)
+        content = {"format": FORMAT, "identity": identity, "n_parts": n_parts}
+        write_text_atomic(manifest, json.dumps(content, indent=1))  # every process writes the same, atomically
+        return cls(path)
+
+    def part_path(self, part: int) -> Path:
+        return self.path / "parts" / f"part-{part:06d}.parquet"
+
+    def done_parts(self) -> set[int]:
+        """Parts whose results are complete."""
+        return {int(p.stem.split("-")[1]) for p in (self.path / "parts").glob("part-*.parquet")}
+
+    @property
+    def complete(self) -> bool:
+        return len(self.done_parts()) == self.manifest["n_parts"]
+
+    def write_part(self, part: int, table: pd.DataFrame) -> None:
+        """Write one part's result rows (atomically: the file appears complete or not at all)."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        arrow = pa.Table.from_pandas(table, preserve_index=False)
+        with atomic_path(self.part_path(part)) as temporary:
+            pq.write_table(arrow, temporary)
+
+    # -- reading ------------------------------------------------------------------------------------------------
+    def iter_parts(self, columns: Sequence[str] | None = None, *, cell_rows: bool = False) -> Iterator[pd.DataFrame]:
+        """Each part's rows, in part order (the order of an in-memory run); only ``columns`` if given.
+
+        With ``cell_rows``, only the rows of whole cells (``affected == "cell"``).
+        """
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+
+        wanted = None if columns is None else list(dict.fromkeys([*columns, *(["affected"] if cell_rows else [])]))
+        for part in range(self.manifest["n_parts"]):
+            path = self.part_path(part)
+            if not path.is_file():
+                msg = f"Part {part} of {self.path} is missing: the run did not finish; re-run it to complete it."
+                raise FileNotFoundError(msg)
+            table = pq.read_table(path, columns=wanted)
+            if cell_rows:
+                table = table.filter(pc.equal(table["affected"], "cell"))
+                if columns is not None and "affected" not in columns:
+                    table = table.drop_columns(["affected"])
+            yield table.to_pandas()
+
+    def read(self, columns: Sequence[str] | None = None, *, cell_rows: bool = False) -> pd.DataFrame:
+        """All parts' rows as one table (names as categoricals); with ``cell_rows`` only the cells' rows."""
+        import pandas as pd
+
+        frames = list(self.iter_parts(columns, cell_rows=cell_rows))
+        for frame in frames:
+            for column in NAME_COLUMNS:
+                if column in frame:
+                    frame[column] = frame[column].astype(str)
+        table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+        for column in NAME_COLUMNS:
+            if column in table:
+                table[column] = table[column].astype("category")
+        return table
+
+    @property
+    def n_rows(self) -> int:
+        import pyarrow.parquet as pq
+
+        return sum(pq.ParquetFile(self.part_path(p)).metadata.num_rows for p in sorted(self.done_parts()))
+
+    def write_summary(self, summary: pd.DataFrame) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        with atomic_path(self.path / "summary.parquet") as temporary:
+            pq.write_table(pa.Table.from_pandas(summary, preserve_index=False), temporary)
+
+    def __repr__(self) -> str:
+        return f"PerturbationStore({str(self.path)!r}, {len(self.done_parts())} of {self.manifest['n_parts']} parts)"
+
+
+def summarize_store(store: PerturbationStore, state_columns: Sequence[str]) -> pd.DataFrame:
+    """The per-perturbation summary of :func:`~scgeneformer.tl._perturb.summarize`, one part in memory at a time."""
+    import pandas as pd
+
+    keys = ["perturbed", "perturbed_id", "perturbed_token"]
+    values = ["cosine", *state_columns]
+    totals: pd.DataFrame | None = None
+    for part in store.iter_parts([*keys, *values], cell_rows=True):
+        part = part.astype(dict.fromkeys(keys, str))
+        grouped = part.groupby(keys, sort=False).agg(
+            n_cells=("cosine", "size"), **{f"{v}_sum": (v, lambda x: x.astype(np.float64).sum()) for v in values}
+        )
+        if totals is None:
+            totals = grouped
+        else:
+            combined = totals.add(grouped, fill_value=0)
+            # keep the order of first appearance, as an in-memory groupby does
+            order = list(totals.index) + [i for i in grouped.index if i not in totals.index]
+            totals = combined.loc[order]
+    if totals is None:
+        return pd.DataFrame(columns=[*keys, "n_cells", "cosine_mean"])
+    summary = pd.DataFrame(index=totals.index)
+    summary["n_cells"] = totals["n_cells"].astype(np.int64)
+    summary["cosine_mean"] = (totals["cosine_sum"] / totals["n_cells"]).astype(np.float32)
+    for column in state_columns:
+        summary[f"{column}_mean"] = (totals[f"{column}_sum"] / totals["n_cells"]).astype(np.float32)
+    summary = summary.reset_index()
+    if len(state_columns) > 1:
+        summary = summary.sort_values(f"{state_columns[1]}_mean", ascending=False, kind="stable")
+    else:
+        summary = summary.sort_values("cosine_mean", kind="stable")
+    return summary.reset_index(drop=True)
