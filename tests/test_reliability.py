@@ -345,8 +345,13 @@ def test_clear_errors_for_bad_input(tmp_path, perturb_setup):
 
 # -- 8. resume is exact ------------------------------------------------------------------------------------------------
 @pytest.mark.slow
-def test_a_killed_and_resumed_training_equals_an_uninterrupted_one(tmp_path):
+def test_a_killed_and_resumed_training_equals_an_uninterrupted_one(tmp_path, monkeypatch):
     from lightning.pytorch.callbacks import Callback
+
+    workdir = tmp_path / "workdir"
+    workdir.mkdir()
+    monkeypatch.chdir(workdir)
+    checkpoints = tmp_path / "checkpoints"
 
     vocab = make_vocabulary("V2")
 
@@ -374,8 +379,9 @@ def test_a_killed_and_resumed_training_equals_an_uninterrupted_one(tmp_path):
     uninterrupted.train(max_epochs=3, **options)
     killed = fresh()
     with pytest.raises(Killed):
-        killed.train(max_epochs=3, checkpoint_dir=tmp_path, callbacks=[KilledAtEpoch2()], **options)
-    (checkpoint,) = tmp_path.glob("epoch=1-*.ckpt")
+        killed.train(max_epochs=3, checkpoint_dir=checkpoints, callbacks=[KilledAtEpoch2()], **options)
+    (checkpoint,) = checkpoints.glob("epoch=1-*.ckpt")
+    assert list(workdir.iterdir()) == []  # only the checkpoints asked for: nothing (scvi_log/) in the working directory
     resumed = fresh()
     resumed.train(max_epochs=3, ckpt_path=str(checkpoint), **options)
     assert torch.equal(weights_of(resumed), weights_of(uninterrupted))

@@ -21,7 +21,7 @@ from ._loading import VOCABULARY_BY_SIZE, data_free_registry, load_hf_weights, p
 from ._lora import LoraSettings
 from ._module import GeneformerModule
 from ._tasks import CellClassificationTask, GeneClassificationTask, MaskedGeneTask, TrainingTask
-from ._training import check_plan_kwargs
+from ._training import check_plan_kwargs, train_runner
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -581,7 +581,6 @@ class GeneformerModel(InferenceMixin, BaseModelClass):
             from lightning.pytorch.callbacks import ModelCheckpoint
 
             callbacks.append(ModelCheckpoint(dirpath=checkpoint_dir, save_top_k=-1, every_n_epochs=1))
-            trainer_kwargs["enable_checkpointing"] = True
         self._fit(
             task,
             max_epochs=max_epochs,
@@ -759,8 +758,6 @@ class GeneformerModel(InferenceMixin, BaseModelClass):
 
         Every check runs first; the model changes only once the task's head is installed.
         """
-        from scvi.train import TrainRunner
-
         from ._data import TokenCollator, TokenDataModule
 
         if self.module.quantized:
@@ -811,7 +808,7 @@ class GeneformerModel(InferenceMixin, BaseModelClass):
         try:
             # The batch sampler splits batches across processes itself: Lightning must not inject a sampler.
             with lightning_run():
-                TrainRunner(
+                train_runner(
                     self,
                     training_plan=plan,
                     data_splitter=data,

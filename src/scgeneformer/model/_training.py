@@ -225,3 +225,29 @@ def check_plan_kwargs(plan_kwargs: dict | None, plan_cls: type = GeneformerTrain
         msg = f"schedule must be one of {SCHEDULES}, got {schedule!r}."
         raise ValueError(msg)
     return plan_kwargs
+
+
+def train_runner(model, **kwargs):
+    """scvi-tools' ``TrainRunner`` whose Trainer takes Lightning checkpoint callbacks without adding scvi-tools' own.
+
+    A ``ModelCheckpoint`` requires ``enable_checkpointing=True``, and with it scvi-tools' Trainer adds a
+    ``SaveCheckpoint`` that saves model folders into ``./scvi_log`` (the working directory) and switches the module
+    between modes. Only the checkpoints asked for are wanted: they are added after the Trainer is built.
+    """
+    from lightning.pytorch.callbacks import Checkpoint
+    from scvi.train import Trainer, TrainRunner
+
+    checkpoints = [c for c in kwargs.get("callbacks", []) if isinstance(c, Checkpoint)]
+    if checkpoints:
+        kwargs["callbacks"] = [c for c in kwargs["callbacks"] if not isinstance(c, Checkpoint)]
+        kwargs["enable_checkpointing"] = False
+
+    class CheckpointingTrainer(Trainer):
+        def __init__(self, *args, **trainer_kwargs) -> None:
+            super().__init__(*args, **trainer_kwargs)
+            self.callbacks.extend(checkpoints)  # Lightning runs checkpoint callbacks last, as here
+
+    class Runner(TrainRunner):
+        _trainer_cls = CheckpointingTrainer
+
+    return Runner(model, **kwargs)
