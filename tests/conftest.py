@@ -13,3 +13,13 @@ def _quiet_progress_bars():
     sgf.settings.progress_bar = False
     yield
     sgf.settings.progress_bar = before
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    """Close the figures a test's plots left open (``show=False`` returns their axes and keeps them)."""
+    yield
+    import sys
+
+    if "matplotlib.pyplot" in sys.modules:
+        sys.modules["matplotlib.pyplot"].close("all")

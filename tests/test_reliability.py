@@ -245,6 +245,8 @@ def test_every_result_survives_h5ad_and_zarr_and_stays_analysable(tmp_path):
     import matplotlib
 
     matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     vocab = make_vocabulary("V1")
     adata, _ = all_results(vocab)
     cells = adata.uns["geneformer_perturb"]["cells"]
@@ -271,6 +273,7 @@ def test_every_result_survives_h5ad_and_zarr_and_stays_analysable(tmp_path):
         sgf.pl.perturbation_shifts(back, key="two_alts", show=False)
         sgf.pl.perturbation_heatmap(back, n_perturbed=2, n_affected=3, show=False)
         sgf.pl.confusion_matrix(back, "state", show=False)
+        plt.close("all")
 
 
 # -- 6. backed "r+" encoding is kept --------------------------------------------------------------------------------
