@@ -228,12 +228,21 @@ def test_corpus_dataloader_gives_every_cell_once_with_workers(tmp_path):
     corpus.block_cells = 8
     expected = sgf.EncodingInfo(whole).sequences(np.arange(whole.n_obs))
     seen = []
-    for batch in corpus.dataloader(token_budget=1024, num_workers=2):
+    loader = corpus.dataloader(token_budget=128, num_workers=2)
+    for batch in loader:
         for row, cell in enumerate(batch["cells"].tolist()):
             n = int(batch["attention_mask"][row].sum())
             np.testing.assert_array_equal(batch["input_ids"][row, :n].numpy(), expected[cell])
             assert not batch["attention_mask"][row, n:].any()
             seen.append(cell)
     assert sorted(seen) == list(range(whole.n_obs))
+    # workers hand over several batches at a time: the same batches as the sampler's, each worker its own
+    batches = [tuple(b) for b in loader.batch_sampler]
+    assert len(loader) == len(batches) > 2 * sgf._batching.BATCHES_PER_TRANSFER
+    assert sorted(tuple(b["cells"].tolist()) for b in loader) == sorted(batches)
+    groups = list(loader.loader.sampler)
+    workers = [{batches.index(tuple(b)) % 2 for b in group} for group in groups]
+    assert all(len(w) == 1 for w in workers)  # each group holds batches of one worker (batch i: worker i % 2) ...
+    assert workers[0] == {0} and workers[1] == {1}  # ... and goes to that worker
     with pytest.raises(ValueError, match="num_workers"):
         sgf.Execution(num_workers=-1)

@@ -250,3 +250,105 @@ class SequenceCollator:
         cells = np.asarray(positions)
         ids, mask = pad_sequences(self.info.sequences(cells), self.info.pad_id)
         return {"input_ids": ids, "attention_mask": mask, "cells": torch.from_numpy(cells)}
+
+
+#: Batches a data-loader worker hands to the main process at a time. Each handover has a fixed cost (torch moves
+#: every tensor through shared memory, ~1-3 ms), more than reading and padding a batch from a cached block: packing
+#: several batches into one buffer per dtype made one worker ~3x faster (benchmarks/README.md, bench_scale.py).
+BATCHES_PER_TRANSFER = 8
+
+
+def batch_loader(
+    batch_sampler: LengthGroupedBatchSampler, collate, n_cells: int, *, num_workers: int = 0, **loader_kwargs
+):
+    """A loader of the batches of ``batch_sampler`` (positions among ``n_cells``), each built by ``collate``.
+
+    ``collate`` turns a list of cell positions into a dict of tensors.
+
+    Without workers, a plain :class:`torch.utils.data.DataLoader`. With workers, each worker builds
+    :data:`BATCHES_PER_TRANSFER` batches of its own (the same ones, in the same order, as it would one by one) and
+    hands them over packed; the loader yields them one at a time. Either way it has ``batch_sampler`` and ``len()``.
+    """
+    if num_workers <= 0:
+        return torch.utils.data.DataLoader(
+            CellPositions(n_cells), batch_sampler=batch_sampler, collate_fn=collate, **loader_kwargs
+        )
+    return PackedBatchLoader(batch_sampler, collate, n_cells, num_workers=num_workers, **loader_kwargs)
+
+
+class _WorkerGroups(torch.utils.data.Sampler):
+    """The batches of a batch sampler in groups, each group made of batches of one data-loader worker.
+
+    A ``DataLoader`` gives item ``i`` to worker ``i % n_workers``, and the batch sampler orders batches so that each
+    worker reads its own windows of blocks: worker ``w``'s batches are ``batches[w::n]``. They are grouped in that
+    order, and the groups interleaved the same way.
+    """
+
+    def __init__(self, batch_sampler, n_workers: int, size: int) -> None:
+        self.batch_sampler, self.n_workers, self.size = batch_sampler, n_workers, size
+
+    def _groups(self) -> list[list[list[int]]]:
+        batches = list(self.batch_sampler)
+        streams = [batches[w :: self.n_workers] for w in range(self.n_workers)]
+        groups = [[s[i : i + self.size] for i in range(0, len(s), self.size)] for s in streams]
+        common = min(len(g) for g in groups)
+        return [groups[w][i] for i in range(common) for w in range(self.n_workers)] + [
+            group for worker_groups in groups for group in worker_groups[common:]
+        ]
+
+    def __iter__(self):
+        return iter(self._groups())
+
+    def __len__(self) -> int:
+        return len(self._groups())
+
+
+class _Packer:
+    """Collates each batch of a group, then packs all their tensors into one flat buffer per dtype."""
+
+    def __init__(self, collate) -> None:
+        self.collate = collate
+
+    def __call__(self, group: list[list[int]]):
+        parts: dict[torch.dtype, list[torch.Tensor]] = {}
+        sizes: dict[torch.dtype, int] = {}
+        layout = []
+        for positions in group:
+            entry = {}
+            for key, tensor in self.collate(positions).items():
+                offset = sizes.get(tensor.dtype, 0)
+                parts.setdefault(tensor.dtype, []).append(tensor.reshape(-1))
+                sizes[tensor.dtype] = offset + tensor.numel()
+                entry[key] = (tensor.dtype, offset, tuple(tensor.shape))
+            layout.append(entry)
+        return {dtype: torch.cat(tensors) for dtype, tensors in parts.items()}, layout
+
+
+class PackedBatchLoader:
+    """Batches built by data-loader workers several at a time (see :func:`batch_loader`), yielded one by one."""
+
+    def __init__(self, batch_sampler, collate, n_cells: int, *, num_workers: int, **loader_kwargs) -> None:
+        self.batch_sampler = batch_sampler
+        self.loader = torch.utils.data.DataLoader(
+            CellPositions(n_cells),  # item: a group of batches of positions, passed on to the packer as it is
+            sampler=_WorkerGroups(batch_sampler, num_workers, BATCHES_PER_TRANSFER),
+            batch_size=None,
+            collate_fn=_Packer(collate),
+            num_workers=num_workers,
+            **loader_kwargs,
+        )
+
+    def __iter__(self):
+        for buffers, layout in self.loader:
+            for entry in layout:
+                yield {
+                    key: buffers[dtype][offset : offset + _numel(shape)].view(shape)
+                    for key, (dtype, offset, shape) in entry.items()
+                }
+
+    def __len__(self) -> int:
+        return len(self.batch_sampler)
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    return int(np.prod(shape, dtype=np.int64))

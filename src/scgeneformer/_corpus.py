@@ -182,23 +182,24 @@ class Corpus(SequenceLayout):
         seed
             Seed of the shuffling; call ``loader.batch_sampler.set_epoch(epoch)`` for each epoch's order.
         num_workers
-            Worker processes reading and padding batches (each reads its own windows).
+            Worker processes reading and padding batches (each reads its own windows and hands over 8 batches
+            at a time).
         cells
             Positions of the cells to read (default: every encoded cell).
 
         Returns
         -------
-        A :class:`torch.utils.data.DataLoader` of dicts with ``input_ids`` and ``attention_mask`` (int64, padded to
-        the batch's longest cell) and ``cells`` (positions in the corpus).
+        An iterable of dicts with ``input_ids`` and ``attention_mask`` (int64, padded to the batch's longest cell) and
+        ``cells`` (positions in the corpus), with ``len()`` and ``batch_sampler``: a
+        :class:`torch.utils.data.DataLoader`, or with workers a loader whose workers hand over several batches at a
+        time (one transfer costs more than reading a batch).
 
         Examples
         --------
         >>> for batch in corpus.dataloader(token_budget=16384):  # doctest: +SKIP
         ...     outputs = my_model(batch["input_ids"], attention_mask=batch["attention_mask"])
         """
-        import torch
-
-        from ._batching import CellPositions, LengthGroupedBatchSampler, SequenceCollator
+        from ._batching import LengthGroupedBatchSampler, SequenceCollator, batch_loader
 
         cells = self.encoded_cells() if cells is None else np.asarray(cells, dtype=np.int64)
         sampler = LengthGroupedBatchSampler(
@@ -212,13 +213,7 @@ class Corpus(SequenceLayout):
             block_cells=self.block_cells,
             num_workers=num_workers,
         )
-        return torch.utils.data.DataLoader(
-            CellPositions(self.n_cells),
-            batch_sampler=sampler,
-            collate_fn=SequenceCollator(self),
-            num_workers=num_workers,
-            prefetch_factor=4 if num_workers else None,
-        )
+        return batch_loader(sampler, SequenceCollator(self), self.n_cells, num_workers=num_workers)
 
     # -- results --------------------------------------------------------------------------------------------------
     @property

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from ._batching import CellPositions, LengthGroupedBatchSampler, SequenceCollator, iter_batches
+from ._batching import LengthGroupedBatchSampler, SequenceCollator, batch_loader, iter_batches
 from ._execution import Execution, lightning_predict, progress_bar
 
 if TYPE_CHECKING:
@@ -202,10 +202,5 @@ def _run_lightning(module, info, cells, compute: Compute, results: InferenceResu
         block_cells=getattr(info, "block_cells", None),
         num_workers=execution.num_workers,
     )
-    loader = torch.utils.data.DataLoader(
-        CellPositions(info.n_cells),
-        batch_sampler=sampler,
-        collate_fn=SequenceCollator(info),
-        num_workers=execution.num_workers,
-    )
+    loader = batch_loader(sampler, SequenceCollator(info), info.n_cells, num_workers=execution.num_workers)
     lightning_predict(module, Predictor(), loader, execution)

@@ -8,7 +8,7 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 
-from .._batching import CellPositions, LengthGroupedBatchSampler, SequenceCollator, world
+from .._batching import LengthGroupedBatchSampler, SequenceCollator, batch_loader, world
 from .._encoding import EncodingInfo
 from ._module import GENE_LABELS, INPUT_IDS, LABELS, MLM_LABELS
 
@@ -188,10 +188,10 @@ class TokenDataModule(pl.LightningDataModule):
             block_cells=getattr(self.info, "block_cells", None),
             num_workers=self.num_workers,
         )
-        return torch.utils.data.DataLoader(
-            CellPositions(self.info.n_cells),
-            batch_sampler=sampler,
-            collate_fn=collator or self.collator,
+        return batch_loader(
+            sampler,
+            collator or self.collator,
+            self.info.n_cells,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
