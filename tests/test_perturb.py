@@ -64,6 +64,26 @@ def test_token_edits_and_their_comparisons():
     np.testing.assert_array_equal(sources, [1, 2, 3])
 
 
+@pytest.mark.parametrize("version", ["V1", "V2"])
+@pytest.mark.parametrize("perturbation", ["delete", "overexpress", "inhibit", "activate"])
+@pytest.mark.parametrize("anchored", [False, True])
+def test_perturbed_lengths_from_lengths_alone_match_the_built_sequences(version, perturbation, anchored):
+    from scgeneformer.tl._perturb import _iter_jobs
+    from scgeneformer.tl._perturb_spec import PerturbationSpec
+
+    info = sgf.EncodingInfo(encoded_counts(make_vocabulary(version), n_obs=8, n_vars=40, seed=5))
+    cells = info.encoded_cells()
+    anchor = int(info.sequences(cells[:1])[0][-2]) if anchored else None
+    if anchored:
+        cells = cells[info.cells_holding([anchor])[cells]]
+    spec = PerturbationSpec(perturbation, anchor=anchor)
+    counts, length = spec.perturbed_lengths(info.lengths[cells], info.has_special_tokens)
+    jobs = list(_iter_jobs(info, cells, spec, max_len=4096))
+    assert counts.tolist() == [len(job.perturbed) for job in jobs]
+    for job, n in zip(jobs, length, strict=True):
+        assert {len(p) for p in job.perturbed} <= {n}
+
+
 def test_overexpressing_an_absent_gene_truncates_both_sequences():
     full = np.arange(10, 18)  # V1 cell at the input size 8
     original, perturbed, sources = ops.overexpress_set(full, (99,), 8, False, reference_quirks=False)

@@ -117,31 +117,29 @@ class Corpus(SequenceLayout):
                 out[i] = flat[offsets[local] : offsets[local + 1]]
         return out
 
-    def iter_blocks(self, cells: np.ndarray | None = None) -> Iterator[tuple[np.ndarray, list[np.ndarray]]]:
-        """``(positions, sequences)`` block by block, in corpus order, without filling the cache."""
-        selected = None if cells is None else np.zeros(self.n_cells, dtype=bool)
-        if selected is not None:
-            selected[np.asarray(cells, dtype=np.int64)] = True
+    def _iter_ranges(self, selected: np.ndarray | None = None) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """``(first cell, flat tokens, offsets)`` block by block, in corpus order, without filling the cache.
+
+        With a boolean mask ``selected``, blocks without a selected cell are skipped.
+        """
         self._in_this_process()
         for start in range(0, self.n_cells, self.block_cells):
             stop = min(start + self.block_cells, self.n_cells)
-            if selected is not None and not selected[start:stop].any():
-                continue
-            flat, offsets = self._read_range(start, stop)
-            positions = np.arange(start, stop)
-            if selected is not None:
-                positions = positions[selected[start:stop]]
-            yield positions, [flat[offsets[p - start] : offsets[p - start + 1]] for p in positions]
+            if selected is None or selected[start:stop].any():
+                yield (start, *self._read_range(start, stop))
 
     def token_occurrences(self, cells=None) -> np.ndarray:
         """How often each token id occurs in the sequences of ``cells`` (positions; default all cells)."""
+        selected = None
+        if cells is not None:
+            selected = np.zeros(self.n_cells, dtype=bool)
+            selected[np.asarray(cells, dtype=np.int64)] = True
         counts = np.zeros(0, dtype=np.int64)
-        for _, sequences in self.iter_blocks(cells):
-            if not sequences:
-                continue
-            tokens = np.concatenate(sequences)
-            tokens = tokens[tokens >= self.first_gene_id]
-            block = np.bincount(tokens, minlength=len(counts))
+        for start, flat, offsets in self._iter_ranges(selected):
+            tokens = flat
+            if selected is not None:
+                tokens = flat[np.repeat(selected[start : start + len(offsets) - 1], np.diff(offsets))]
+            block = np.bincount(tokens[tokens >= self.first_gene_id], minlength=len(counts))
             counts = np.pad(counts, (0, len(block) - len(counts))) + block
         return counts
 
@@ -149,10 +147,12 @@ class Corpus(SequenceLayout):
         """Boolean mask of the encoded cells holding any (or, with ``every``, each) of the token ids ``tokens``."""
         tokens = np.unique(np.atleast_1d(np.asarray(tokens, dtype=np.int64)))
         mask = np.zeros(self.n_cells, dtype=bool)
-        for positions, sequences in self.iter_blocks():
-            for position, sequence in zip(positions, sequences, strict=True):
-                hits = np.isin(tokens, sequence)
-                mask[position] = hits.all() if every else hits.any()
+        for start, flat, offsets in self._iter_ranges():
+            n_cells = len(offsets) - 1
+            cell_of_token = np.repeat(np.arange(n_cells), np.diff(offsets))
+            # a cell holds each gene once: counting its hits tells "any" from "every"
+            hits = np.bincount(cell_of_token[np.isin(flat, tokens)], minlength=n_cells)
+            mask[start : start + n_cells] = hits == len(tokens) if every else hits > 0
         return mask & (self.lengths > 0)
 
     def dataloader(

@@ -329,13 +329,19 @@ def _plan_parts(info, selected: np.ndarray, spec: PerturbationSpec, max_len: int
     from . import _perturb_engine
 
     d, f = config.hidden_size, config.intermediate_size
-    tokens = np.zeros(len(selected), dtype=np.int64)
-    cost = np.zeros(len(selected), dtype=np.float64)
-    counts = np.zeros(len(selected), dtype=np.int64)
-    for j, job in enumerate(_iter_jobs(info, selected, spec, max_len)):
-        lengths = np.array([len(p) for p in job.perturbed], dtype=np.float64)
-        tokens[j], counts[j] = lengths.sum(), len(lengths)
-        cost[j] = (lengths * (8 * d + 4 * f + 4 * lengths)).sum() * d
+    if spec.all_genes:  # from the lengths alone: building every perturbed sequence here would double the work
+        counts, length = spec.perturbed_lengths(info.lengths[selected], info.has_special_tokens)
+        length = length.astype(np.float64)
+        tokens = counts * length
+        cost = counts * length * (8 * d + 4 * f + 4 * length) * d
+    else:  # one perturbed sequence per cell, whose length depends on which of the genes the cell holds
+        tokens = np.zeros(len(selected), dtype=np.int64)
+        cost = np.zeros(len(selected), dtype=np.float64)
+        counts = np.zeros(len(selected), dtype=np.int64)
+        for j, job in enumerate(_iter_jobs(info, selected, spec, max_len)):
+            lengths = np.array([len(p) for p in job.perturbed], dtype=np.float64)
+            tokens[j], counts[j] = lengths.sum(), len(lengths)
+            cost[j] = (lengths * (8 * d + 4 * f + 4 * lengths)).sum() * d
     parts, start, running = [], 0, 0
     for j in range(len(selected)):
         running += tokens[j]

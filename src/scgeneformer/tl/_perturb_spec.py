@@ -192,10 +192,20 @@ class PerturbationSpec:
         """Number of perturbed sequences for cells of these lengths."""
         if self.tokens is not None:
             return len(lengths)
+        return int(self.perturbed_lengths(lengths, special)[0].sum())
+
+    def perturbed_lengths(self, lengths: np.ndarray, special: bool) -> tuple[np.ndarray, np.ndarray]:
+        """For ``genes="all"``: per cell, the number of perturbed sequences and the length of each.
+
+        Every gene (but the anchor, or the top gene that overexpression cannot move up) is perturbed once; deleting
+        removes it (and the anchor), moving keeps the length.
+        """
+        lengths = np.asarray(lengths, dtype=np.int64)
         genes = lengths - (2 if special else 0)
         if self.anchor is not None or self.perturbation == "overexpress":
             genes = genes - 1
-        return int(np.maximum(genes, 0).sum())
+        removed = (2 if self.anchor is not None else 1) if self.perturbation == "delete" else 0
+        return np.maximum(genes, 0), lengths - removed
 
     def to_params(self) -> dict:
         """Plain values to store with the results."""

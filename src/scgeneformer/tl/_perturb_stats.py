@@ -202,38 +202,19 @@ def aggregate_gene_shifts_store(store) -> pd.DataFrame:
     """:func:`aggregate_gene_shifts` of a store, one part in memory at a time (float64 sums; std from them)."""
     import pandas as pd
 
+    from ._perturb_store import grouped_sums
+
     keys = ["perturbed_token", "affected_token"]
     names = ["perturbed", "perturbed_id", "affected", "affected_id"]
-    totals = None
-    offset = 0
-    for part in store.iter_parts([*keys, *names, "cosine"]):
-        part = part.astype(dict.fromkeys(["perturbed_token", *names], str))
-        part["_row"] = np.arange(offset, offset + len(part))
-        offset += len(part)
-        cosine = part["cosine"].astype(np.float64)
-        part = part.assign(_sum=cosine, _sumsq=cosine**2, _n=1)
-        grouped = part.groupby(keys, sort=False).agg(
-            _sum=("_sum", "sum"),
-            _sumsq=("_sumsq", "sum"),
-            _n=("_n", "sum"),
-            _first=("_row", "min"),
-            **{n: (n, "first") for n in names},
-        )
-        if totals is None:
-            totals = grouped
-        else:
-            joined = totals.join(grouped, how="outer", rsuffix="_new")
-            for column in ("_sum", "_sumsq", "_n"):
-                joined[column] = joined[column].fillna(0) + joined[f"{column}_new"].fillna(0)
-            joined["_first"] = joined["_first"].fillna(joined["_first_new"])
-            for n in names:
-                joined[n] = joined[n].fillna(joined[f"{n}_new"])
-            totals = joined[list(grouped.columns)]
+    parts = (
+        p.astype(dict.fromkeys(["perturbed_token", *names], str)) for p in store.iter_parts([*keys, *names, "cosine"])
+    )
+    totals = grouped_sums(parts, keys, ["cosine"], squares=True, first=names)
     if totals is None:
         return pd.DataFrame()
     totals = totals.reset_index().sort_values("_first", kind="stable")
-    mean = totals["_sum"] / totals["_n"]
-    std = np.sqrt(np.maximum(totals["_sumsq"] / totals["_n"] - mean**2, 0.0))
+    mean = totals["cosine_sum"] / totals["_n"]
+    std = np.sqrt(np.maximum(totals["cosine_sumsq"] / totals["_n"] - mean**2, 0.0))
     gene_keys = pd.unique(totals["perturbed_token"].to_numpy())
     rank_of_gene = dict(zip(gene_keys[_token_order(gene_keys)], range(len(gene_keys)), strict=True))
     out = pd.DataFrame(

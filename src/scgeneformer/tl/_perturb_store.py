@@ -181,32 +181,50 @@ class PerturbationStore:
         return f"PerturbationStore({str(self.path)!r}, {len(self.done_parts())} of {self.manifest['n_parts']} parts)"
 
 
+def grouped_sums(
+    parts: Iterator[pd.DataFrame], keys: list[str], values: Sequence[str], *, squares: bool = False, first=()
+) -> pd.DataFrame | None:
+    """Totals per group of ``keys`` over all ``parts``, one part in memory at a time.
+
+    Columns: ``_n`` (rows), ``{value}_sum`` (float64; with ``squares`` also ``{value}_sumsq``), ``_first`` (the
+    group's first row over all parts) and the first value of each ``first`` column. Groups are in order of first
+    appearance, as an in-memory ``groupby(sort=False)`` gives them. ``None`` without parts.
+    """
+    import pandas as pd
+
+    how = {"_n": "sum", "_first": "min", **dict.fromkeys(first, "first")}
+    totals, offset = None, 0
+    for part in parts:
+        columns = {"_n": np.ones(len(part), dtype=np.int64), "_first": np.arange(offset, offset + len(part))}
+        offset += len(part)
+        for value in values:
+            x = part[value].to_numpy(dtype=np.float64)
+            columns[f"{value}_sum"] = x
+            how[f"{value}_sum"] = "sum"
+            if squares:
+                columns[f"{value}_sumsq"] = x**2
+                how[f"{value}_sumsq"] = "sum"
+        frame = part[[*keys, *first]].assign(**columns)
+        grouped = frame.groupby(keys, sort=False).agg(how)
+        # earlier parts first: a group keeps the place of its first appearance
+        totals = grouped if totals is None else pd.concat([totals, grouped]).groupby(level=keys, sort=False).agg(how)
+    return totals
+
+
 def summarize_store(store: PerturbationStore, state_columns: Sequence[str]) -> pd.DataFrame:
     """The per-perturbation summary of :func:`~scgeneformer.tl._perturb.summarize`, one part in memory at a time."""
     import pandas as pd
 
     keys = ["perturbed", "perturbed_id", "perturbed_token"]
     values = ["cosine", *state_columns]
-    totals: pd.DataFrame | None = None
-    for part in store.iter_parts([*keys, *values], cell_rows=True):
-        part = part.astype(dict.fromkeys(keys, str))
-        grouped = part.groupby(keys, sort=False).agg(
-            n_cells=("cosine", "size"), **{f"{v}_sum": (v, lambda x: x.astype(np.float64).sum()) for v in values}
-        )
-        if totals is None:
-            totals = grouped
-        else:
-            combined = totals.add(grouped, fill_value=0)
-            # keep the order of first appearance, as an in-memory groupby does
-            order = list(totals.index) + [i for i in grouped.index if i not in totals.index]
-            totals = combined.loc[order]
+    parts = (p.astype(dict.fromkeys(keys, str)) for p in store.iter_parts([*keys, *values], cell_rows=True))
+    totals = grouped_sums(parts, keys, values)
     if totals is None:
         return pd.DataFrame(columns=[*keys, "n_cells", "cosine_mean"])
     summary = pd.DataFrame(index=totals.index)
-    summary["n_cells"] = totals["n_cells"].astype(np.int64)
-    summary["cosine_mean"] = (totals["cosine_sum"] / totals["n_cells"]).astype(np.float32)
-    for column in state_columns:
-        summary[f"{column}_mean"] = (totals[f"{column}_sum"] / totals["n_cells"]).astype(np.float32)
+    summary["n_cells"] = totals["_n"].astype(np.int64)
+    for column in values:
+        summary[f"{column}_mean"] = (totals[f"{column}_sum"] / totals["_n"]).astype(np.float32)
     summary = summary.reset_index()
     if len(state_columns) > 1:
         summary = summary.sort_values(f"{state_columns[1]}_mean", ascending=False, kind="stable")
