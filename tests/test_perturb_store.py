@@ -67,6 +67,7 @@ sgf.tl.perturb(adata, model, "all", out="{root}/store", **{options!r})
 """
 
 
+@pytest.mark.filterwarnings("ignore:Writing zarr v2 data:UserWarning")  # anndata's notice about its next default
 def test_a_killed_screen_resumes_to_the_uninterrupted_results(screen):
     root, adata, model, options = screen
     script = root / "child.py"
@@ -119,8 +120,9 @@ def test_a_killed_screen_resumes_to_the_uninterrupted_results(screen):
     sgf.pl.perturbation_heatmap(adata, show=False)
 
     adata.write_h5ad(root / "with_results.h5ad")  # the summary and path survive a round trip
-    back = ad.read_h5ad(root / "with_results.h5ad")
-    assert len(sgf.tl.perturbation_stats(back, "goal_state_shift", inplace=False)) == len(expected)
+    adata.write_zarr(root / "with_results.zarr")
+    for back in (ad.read_h5ad(root / "with_results.h5ad"), ad.read_zarr(root / "with_results.zarr")):
+        assert len(sgf.tl.perturbation_stats(back, "goal_state_shift", inplace=False)) == len(expected)
 
 
 def test_a_store_refuses_another_run_and_foreign_folders(screen):
