@@ -195,7 +195,7 @@ def random_access_baseline(args, paths, corpus) -> dict:
     # the same loader with cells shuffled over the whole corpus (no blocks): each batch reads its cells anywhere
     import torch
 
-    from scgeneformer._batching import CellPositions, LengthGroupedBatchSampler, SequenceCollator
+    from scgeneformer._compute._batching import CellPositions, LengthGroupedBatchSampler, SequenceCollator
 
     cells = corpus.encoded_cells()
     sampler = LengthGroupedBatchSampler(cells, corpus.lengths[cells], token_budget=args.token_budget, seed=0)

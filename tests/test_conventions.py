@@ -153,7 +153,7 @@ def write_hf(adata, vocab) -> Path:
 
 # -- 3. offline and local files ---------------------------------------------------------------------------------------
 def test_local_files_serve_every_download(tmp_path, isolated_settings, monkeypatch):
-    from scgeneformer import _registry
+    from scgeneformer._hub import _registry
 
     vocab = make_vocabulary("V1")
     copies = write_vocabulary_folder(tmp_path / "copies" / "somewhere", vocab)

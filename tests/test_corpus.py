@@ -10,8 +10,8 @@ import torch
 from helpers import encoded_counts, make_vocabulary, shared_path, tiny_bert_config
 
 import scgeneformer as sgf
-from scgeneformer import _batching
-from scgeneformer._batching import LengthGroupedBatchSampler
+from scgeneformer._compute import _batching
+from scgeneformer._compute._batching import LengthGroupedBatchSampler
 
 QUIET = {"accelerator": "cpu", "progress_bar": False}
 
@@ -238,7 +238,7 @@ def test_corpus_dataloader_gives_every_cell_once_with_workers(tmp_path):
     assert sorted(seen) == list(range(whole.n_obs))
     # workers hand over several batches at a time: the same batches as the sampler's, each worker its own
     batches = [tuple(b) for b in loader.batch_sampler]
-    assert len(loader) == len(batches) > 2 * sgf._batching.BATCHES_PER_TRANSFER
+    assert len(loader) == len(batches) > 2 * _batching.BATCHES_PER_TRANSFER
     assert sorted(tuple(b["cells"].tolist()) for b in loader) == sorted(batches)
     groups = list(loader.loader.sampler)
     workers = [{batches.index(tuple(b)) % 2 for b in group} for group in groups]

@@ -23,7 +23,8 @@ def test_demo_runs_offline_from_local_files(tmp_path, monkeypatch, capsys):
 
 
 def test_seed_cache_ignores_files_with_other_content(tmp_path, monkeypatch):
-    from scgeneformer._registry import DICTIONARY_FILES, seed_cache
+    from scgeneformer._hub._download import seed_cache
+    from scgeneformer._hub._registry import DICTIONARY_FILES
 
     monkeypatch.setattr(sgf.settings, "_cache_dir", tmp_path / "cache")
     remote = DICTIONARY_FILES["V1"]["token_dictionary"]

@@ -4,7 +4,7 @@ import torch
 from helpers import encoded_counts, make_vocabulary, tiny_model
 
 import scgeneformer as sgf
-from scgeneformer._execution import normalize_precision
+from scgeneformer._settings import normalize_precision
 
 
 def test_one_precision_vocabulary():

@@ -33,7 +33,7 @@ def labelled_data(vocab, n_obs=60, seed=0):
 
 
 def as_batch(adata, cells):
-    ids, mask = sgf._batching.pad_sequences(sgf.pp.input_ids(adata, cells))
+    ids, mask = sgf._compute._batching.pad_sequences(sgf.pp.input_ids(adata, cells))
     return ids, mask
 
 

@@ -6,7 +6,7 @@ import torch
 from helpers import Mirror, encoded_counts, make_vocabulary, shared_path, tiny_bert_config, tiny_model
 
 import scgeneformer as sgf
-from scgeneformer._registry import RemoteFile
+from scgeneformer._hub._registry import RemoteFile
 from scgeneformer.model import _checkpoints
 
 

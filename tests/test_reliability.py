@@ -25,7 +25,7 @@ import torch
 from helpers import encoded_counts, make_counts, make_vocabulary, tiny_bert_config, tiny_model, write_vocabulary_folder
 
 import scgeneformer as sgf
-from scgeneformer._io import UnsafeContentError
+from scgeneformer._utils._files import UnsafeContentError
 
 
 def weights_of(model) -> torch.Tensor:
@@ -394,7 +394,7 @@ def test_a_killed_and_resumed_training_equals_an_uninterrupted_one(tmp_path, mon
 def test_seeding_the_cache_never_shows_a_partial_file(tmp_path, isolated_settings, monkeypatch):
     import hashlib
 
-    from scgeneformer import _registry
+    from scgeneformer._hub import _download, _registry
 
     content = os.urandom(200_000)
     remote = _registry.RemoteFile("sub/token_dictionary_gc30M.pkl", len(content), hashlib.sha256(content).hexdigest())
@@ -416,7 +416,7 @@ def test_seeding_the_cache_never_shows_a_partial_file(tmp_path, isolated_setting
         return dst
 
     monkeypatch.setattr(shutil, "copyfile", slow_copy)
-    seeding = threading.Thread(target=_registry.seed_cache, args=(source,))
+    seeding = threading.Thread(target=_download.seed_cache, args=(source,))
     seeding.start()
     assert halfway.wait(10)
     assert not target.exists()  # a reader sees no file rather than half of one

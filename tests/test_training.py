@@ -4,7 +4,7 @@ import torch
 from helpers import encoded_counts, make_vocabulary, tiny_bert_config
 
 import scgeneformer as sgf
-from scgeneformer.model._data import LengthGroupedBatchSampler, mask_genes
+from scgeneformer.model._datamodule import LengthGroupedBatchSampler, mask_genes
 
 
 def test_masking_rules():

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from helpers import Mirror, make_vocabulary, shared_path
 
-from scgeneformer._registry import DICTIONARY_FILES, DownloadError
+from scgeneformer._hub._download import DownloadError
+from scgeneformer._hub._registry import DICTIONARY_FILES
 from scgeneformer.vocabulary import Vocabulary, get_vocabulary
 
 LOCAL_FOLDERS = {"V1": "V1_gc30M", "V2": "V2_gc104M"}

@@ -10,20 +10,14 @@ import importlib
 from typing import TYPE_CHECKING
 
 from ._settings import settings
-
-try:
-    from importlib.metadata import version as _version
-
-    __version__ = _version("scgeneformer")
-except Exception:  # noqa: BLE001 - not installed (e.g. run from a source tree)
-    __version__ = "unknown"
+from ._version import __version__ as __version__
 
 if TYPE_CHECKING:
     from . import datasets, model, pl, pp, tl
-    from ._corpus import Corpus, read_corpus
-    from ._encoding import EncodingInfo
-    from ._execution import Execution
-    from ._registry import DownloadError, seed_cache
+    from ._compute._execution import Execution
+    from ._data._corpus import Corpus, read_corpus
+    from ._data._encoding import EncodingInfo
+    from ._hub._download import DownloadError, seed_cache
     from .model import GeneformerModel, list_models
     from .vocabulary import Vocabulary, get_vocabulary
 
@@ -52,12 +46,12 @@ _LAZY = {
     "model": (".model", None),
     "tl": (".tl", None),
     "pl": (".pl", None),
-    "DownloadError": ("._registry", "DownloadError"),
-    "seed_cache": ("._registry", "seed_cache"),
-    "EncodingInfo": ("._encoding", "EncodingInfo"),
-    "Corpus": ("._corpus", "Corpus"),
-    "read_corpus": ("._corpus", "read_corpus"),
-    "Execution": ("._execution", "Execution"),
+    "DownloadError": ("._hub._download", "DownloadError"),
+    "seed_cache": ("._hub._download", "seed_cache"),
+    "EncodingInfo": ("._data._encoding", "EncodingInfo"),
+    "Corpus": ("._data._corpus", "Corpus"),
+    "read_corpus": ("._data._corpus", "read_corpus"),
+    "Execution": ("._compute._execution", "Execution"),
     "GeneformerModel": (".model", "GeneformerModel"),
     "list_models": (".model", "list_models"),
     "Vocabulary": (".vocabulary", "Vocabulary"),

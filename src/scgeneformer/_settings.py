@@ -15,6 +15,28 @@ HF_REVISION = "05fcbeb8a27d49e0a7a4349152202ee2c1cbfd28"
 _SCANPY_LEVELS = {0: logging.ERROR, 1: logging.WARNING, 2: logging.INFO, 3: 15, 4: logging.DEBUG}
 
 
+#: Accepted spellings of each precision (ours first, then torch's and Lightning's).
+_PRECISIONS = {
+    "auto": ("auto",),
+    "32": ("32", "fp32", "float32", "32-true"),
+    "bf16": ("bf16", "bfloat16", "bf16-mixed"),
+    "16": ("16", "fp16", "float16", "16-mixed"),
+}
+_PRECISION_OF = {spelling: name for name, spellings in _PRECISIONS.items() for spelling in spellings}
+LIGHTNING_PRECISION = {"32": "32-true", "bf16": "bf16-mixed", "16": "16-mixed"}
+ACCELERATORS = ("auto", "cpu", "cuda", "gpu", "mps")
+
+
+def normalize_precision(precision: str | int) -> str:
+    """``"auto"``, ``"32"``, ``"bf16"`` or ``"16"`` for any accepted spelling (e.g. ``"bf16-mixed"``, ``"fp32"``)."""
+    name = _PRECISION_OF.get(str(precision).lower())
+    if name is None:
+        accepted = ", ".join(repr(s) for spellings in _PRECISIONS.values() for s in spellings)
+        msg = f"precision must be one of {accepted}; got {precision!r}."
+        raise ValueError(msg)
+    return name
+
+
 class _VerbosityFilter(logging.Filter):
     """Lets records through at or above the package's effective verbosity, read when each record is made."""
 
@@ -102,7 +124,7 @@ class Settings:
         env = os.environ.get("SGF_CACHE_DIR")
         if env:
             return Path(env).expanduser()
-        from ._registry import import_pooch
+        from ._utils._optional import import_pooch
 
         return Path(import_pooch().os_cache("scgeneformer"))
 
@@ -185,9 +207,9 @@ class Settings:
 
     @accelerator.setter
     def accelerator(self, value: str) -> None:
-        from ._execution import Execution
-
-        Execution(accelerator=value)  # validates
+        if value not in ACCELERATORS:
+            msg = f"accelerator must be one of {ACCELERATORS}, got {value!r}."
+            raise ValueError(msg)
         self._accelerator = value
 
     @property
@@ -196,8 +218,6 @@ class Settings:
 
     @precision.setter
     def precision(self, value: str) -> None:
-        from ._execution import normalize_precision
-
         self._precision = normalize_precision(value)
 
     @property

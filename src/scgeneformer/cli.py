@@ -72,7 +72,7 @@ def _read(path: Path):
 
 
 def _write(data, path: Path) -> None:
-    from ._io import atomic_path
+    from ._utils._files import atomic_path
 
     with atomic_path(path) as temporary:
         if type(data).__name__ == "MuData":
@@ -258,8 +258,8 @@ def perturb(
     )
     _write(data, output)
     if table is not None:
-        from ._data import resolve_adata
-        from ._io import atomic_write
+        from ._data._anndata import resolve_adata
+        from ._utils._files import atomic_write
 
         with atomic_write(table, "w", encoding="utf-8") as f:
             resolve_adata(data).uns[key_added]["cells"].to_csv(f, index=False)
@@ -277,7 +277,7 @@ def stats(
     """Statistics of perturbation results (sgf.tl.perturbation_stats), as CSV."""
     import scgeneformer as sgf
 
-    from ._io import atomic_write
+    from ._utils._files import atomic_write
 
     table = sgf.tl.perturbation_stats(
         _read(input), mode, key=key, null=None if null is None else _read(null), alpha=alpha, inplace=False

@@ -11,8 +11,9 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from ._io import UnsafeContentError, safe_unpickle
-from ._registry import DICTIONARY_FILES, fetch
+from ._hub._download import fetch
+from ._hub._registry import DICTIONARY_FILES
+from ._utils._files import UnsafeContentError, safe_unpickle
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

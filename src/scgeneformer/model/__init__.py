@@ -1,7 +1,7 @@
 """Geneformer as a scvi-tools model: module, model class, training plan, tasks and published checkpoints."""
 
+from .._hub._checkpoints import CHECKPOINTS, Checkpoint, get_checkpoint, list_models
 from ._card import read_model_card
-from ._checkpoints import CHECKPOINTS, Checkpoint, get_checkpoint, list_models
 from ._gene_classifier import GeneLabels
 from ._inference import Embeddings
 from ._model import GeneformerModel

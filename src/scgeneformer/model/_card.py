@@ -19,7 +19,7 @@ CARD_FILE = "README.md"
 
 def card_facts(model: GeneformerModel) -> dict[str, Any]:
     """What a model card records: origin, vocabulary, architecture, data, labels, metrics, package version."""
-    from .. import __version__
+    from .._version import __version__
 
     config = model.module.config
     setup = model.registry_.get("setup_args", {}) if model.adata is not None else {}
@@ -60,7 +60,7 @@ def card_facts(model: GeneformerModel) -> dict[str, Any]:
 
 def write_model_card(model: GeneformerModel, folder: Path, prefix: str = "") -> Path:
     """Write ``README.md`` (``<prefix>README.md``) for a saved model; returns its path."""
-    from .._io import write_text_atomic
+    from .._utils._files import write_text_atomic
 
     facts = card_facts(model)
     front = "\n".join(f"{key}: {json.dumps(value)}" for key, value in facts.items())

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .._encoding import EncodingInfo
+from .._data._encoding import EncodingInfo
 from .._settings import logger
 from ..vocabulary import normalize_gene_id
 

@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 import torch
 
-from .._data import resolve_adata
-from .._encoding import EncodingInfo, encoding_of
-from .._engine import InferenceResults, gene_token_mask, run_inference
-from .._execution import Execution
+from .._compute._engine import InferenceResults, gene_token_mask, run_inference
+from .._compute._execution import Execution
+from .._data._anndata import resolve_adata
+from .._data._encoding import EncodingInfo, encoding_of
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -249,7 +249,7 @@ class InferenceMixin:
         --------
         >>> model.get_reconstruction_error(adata, model.validation_indices)  # doctest: +SKIP
         """
-        from ._data import TokenCollator, TokenDataModule
+        from ._datamodule import TokenCollator, TokenDataModule
 
         info = self.encoding_info(adata, encoding_key=encoding_key, mod=mod)
         cells = self._cells(info, indices)

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .._io import UnsafeContentError
 from .._settings import logger
+from .._utils._files import UnsafeContentError
 
 #: Vocabulary sizes of the two Geneformer vocabularies, used to recognise a checkpoint's vocabulary.
 VOCABULARY_BY_SIZE = {25_426: "V1", 20_275: "V2"}

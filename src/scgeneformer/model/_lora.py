@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from .._extras import require
+from .._utils._optional import require
 
 #: Linear layers of a BERT encoder layer, by the names LoRA targets: attention projections, and the feed-forward
 #: and attention-output layers (all named ``dense``).

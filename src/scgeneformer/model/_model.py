@@ -13,9 +13,10 @@ from scvi.data import AnnDataManager
 from scvi.data.fields import CategoricalObsField, LayerField, NumericalObsField
 from scvi.model.base import BaseModelClass
 
-from .._encoding import EncodingInfo, encoding_keys
-from .._execution import Execution, lightning_run, trainer_defaults
-from ._checkpoints import get_checkpoint
+from .._compute._execution import Execution
+from .._compute._lightning import lightning_run, trainer_defaults
+from .._data._encoding import EncodingInfo, encoding_keys
+from .._hub._checkpoints import get_checkpoint
 from ._inference import InferenceMixin
 from ._loading import VOCABULARY_BY_SIZE, data_free_registry, load_hf_weights, plain_config
 from ._lora import LoraSettings
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
 
     from anndata import AnnData
 
-    from .._corpus import Corpus
+    from .._data._corpus import Corpus
     from ._gene_classifier import GeneLabels
 
 
@@ -114,7 +115,7 @@ class GeneformerModel(InferenceMixin, BaseModelClass):
         gene_classes: list[str] | None = None,
         lora: dict | None = None,
     ) -> None:
-        from .._corpus import Corpus
+        from .._data._corpus import Corpus
 
         corpus = None
         if isinstance(adata, Corpus):
@@ -325,7 +326,7 @@ class GeneformerModel(InferenceMixin, BaseModelClass):
     def _quantized(cls, folder: Path, adata, vocabulary: str | None, label: str, bits: int):
         import json
 
-        from .._execution import Execution
+        from .._compute._execution import Execution
         from ._loading import classifier_head
         from ._lora import quantized_bert
 
@@ -374,7 +375,7 @@ class GeneformerModel(InferenceMixin, BaseModelClass):
         --------
         >>> model.save("my_classifier")  # doctest: +SKIP
         """
-        from .._io import atomic_path
+        from .._utils._files import atomic_path
         from ._card import write_model_card
         from ._saving import save_model
 
@@ -427,7 +428,7 @@ class GeneformerModel(InferenceMixin, BaseModelClass):
         --------
         >>> fold_model = model.copy(adata)  # doctest: +SKIP
         """
-        from .._corpus import Corpus
+        from .._data._corpus import Corpus
 
         if adata is not None and not isinstance(adata, Corpus):
             manager = self._get_most_recent_anndata_manager(adata)
@@ -758,7 +759,7 @@ class GeneformerModel(InferenceMixin, BaseModelClass):
 
         Every check runs first; the model changes only once the task's head is installed.
         """
-        from ._data import TokenCollator, TokenDataModule
+        from ._datamodule import TokenCollator, TokenDataModule
 
         if self.module.quantized:
             msg = (

@@ -7,7 +7,7 @@ from contextlib import contextmanager
 import torch
 from scvi.module.base import BaseModuleClass, LossOutput
 
-from .._engine import gene_token_mask
+from .._compute._engine import gene_token_mask
 
 INPUT_IDS = "input_ids"
 ATTENTION_MASK = "attention_mask"

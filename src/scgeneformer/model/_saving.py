@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .._io import UnsafeContentError, write_text_atomic
+from .._utils._files import UnsafeContentError, write_text_atomic
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -95,7 +95,7 @@ def save_model(
     """Write ``model`` into ``dir_path`` (see the module's description); returns the path of its ``model.json``."""
     from safetensors.torch import save_file
 
-    from .. import __version__
+    from .._version import __version__
 
     folder = Path(dir_path)
     description = folder / f"{prefix}{MODEL_FILE}"
@@ -192,7 +192,7 @@ def load_model(cls, dir_path: str | os.PathLike, adata: AnnData | None = None, *
         raise ValueError(msg) from e
     for alias, name in payload.get("tied_weights", {}).items():
         state[alias] = state[name]
-    from .._corpus import Corpus
+    from .._data._corpus import Corpus
 
     if adata is not None and not isinstance(adata, Corpus) and payload.get("setup_args") is not None:
         cls.setup_anndata(adata, **payload["setup_args"])

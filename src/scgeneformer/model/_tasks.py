@@ -21,8 +21,8 @@ from ._module import classification_head
 from ._training import ClassifierTrainingPlan, GeneformerTrainingPlan
 
 if TYPE_CHECKING:
-    from .._encoding import EncodingInfo
-    from .._execution import Execution
+    from .._compute._execution import Execution
+    from .._data._encoding import EncodingInfo
     from ._gene_classifier import GeneLabels
     from ._model import GeneformerModel
 
@@ -244,7 +244,7 @@ class CellClassificationTask(TrainingTask):
     def prepare(self, model: GeneformerModel, info: EncodingInfo, seed: int) -> Prepared:
         import pandas as pd
 
-        from .._data import cell_mask
+        from .._data._anndata import cell_mask
         from ._classifier import split_cells
 
         adata = model.training_data

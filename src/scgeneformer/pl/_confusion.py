@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .._data import resolve_adata
+from .._data._anndata import resolve_adata
 from ._utils import finish
 
 if TYPE_CHECKING:

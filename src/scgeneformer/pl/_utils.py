@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .._io import atomic_path
 from .._settings import logger
+from .._utils._files import atomic_path
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

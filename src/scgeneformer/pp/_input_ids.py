@@ -6,8 +6,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .._data import resolve_adata
-from .._encoding import EncodingInfo
+from .._data._anndata import resolve_adata
+from .._data._encoding import EncodingInfo
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .._data import copy_data, resolve_adata
+from .._data._anndata import copy_data, resolve_adata
 from .._settings import logger, settings
 
 if TYPE_CHECKING:
@@ -75,7 +75,9 @@ def ortholog_table(species: str = "mouse") -> pd.DataFrame:
 
     import pandas as pd
 
-    from .._registry import DownloadError, RemoteFile, _seed_from, import_pooch, pooch_at_our_verbosity
+    from .._hub._download import DownloadError, _seed_from, pooch_at_our_verbosity
+    from .._hub._registry import RemoteFile
+    from .._utils._optional import import_pooch
 
     pooch = import_pooch()
 

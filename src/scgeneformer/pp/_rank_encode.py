@@ -11,9 +11,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import scipy.sparse as sp
 
-from .._data import copy_data, default_n_jobs, get_matrix, iter_row_chunks, ordered_parallel_map, resolve_adata
-from .._encoding import encoding_keys
+from .._data._anndata import copy_data, get_matrix, iter_row_chunks, resolve_adata
+from .._data._encoding import encoding_keys
 from .._settings import logger
+from .._utils._parallel import default_n_jobs, ordered_parallel_map
 from ..vocabulary import Vocabulary, get_vocabulary
 from ._gene_plan import GenePlan
 from ._orthologs import TITLE_CASE, looks_like_mouse

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .._data import copy_data, resolve_adata, writable_names
+from .._data._anndata import copy_data, resolve_adata, writable_names
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from anndata import AnnData
     from mudata import MuData
 
-    from .._execution import Execution
+    from .._compute._execution import Execution
     from ..model import GeneformerModel
 
 

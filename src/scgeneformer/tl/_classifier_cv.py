@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .._data import resolve_adata
-from .._execution import Execution
+from .._compute._execution import Execution
+from .._data._anndata import resolve_adata
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -219,7 +219,7 @@ def hyperparameter_search(
     """
     import pandas as pd
 
-    from .._extras import require
+    from .._utils._optional import require
 
     optuna = require("optuna", "search")
     adata = resolve_adata(data, mod)

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from .._data import cell_mask, copy_data, resolve_adata, writable_names
+from .._data._anndata import cell_mask, copy_data, resolve_adata, writable_names
 from .._settings import logger
 
 if TYPE_CHECKING:
@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from anndata import AnnData
     from mudata import MuData
 
-    from .._execution import Execution
+    from .._compute._execution import Execution
     from ..model import GeneformerModel
 
 Pooling = Literal["mean", "cls"]

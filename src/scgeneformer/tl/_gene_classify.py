@@ -6,8 +6,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .._data import copy_data, resolve_adata, writable_names
-from .._execution import Execution
+from .._compute._execution import Execution
+from .._data._anndata import copy_data, resolve_adata, writable_names
 from ..model import GeneLabels
 
 if TYPE_CHECKING:

@@ -9,9 +9,10 @@ from typing import TYPE_CHECKING, Literal, NamedTuple
 
 import numpy as np
 
-from .._data import cell_mask, resolve_adata
-from .._execution import Execution, progress_bar
+from .._compute._execution import Execution
+from .._data._anndata import cell_mask, resolve_adata
 from .._settings import logger
+from .._utils._progress import progress_bar
 from . import _perturb_ops as ops
 from ._perturb_spec import GoalStates, Perturbation, PerturbationSpec
 
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
     from anndata import AnnData
     from mudata import MuData
 
-    from .._encoding import EncodingInfo
+    from .._data._encoding import EncodingInfo
     from ..model import GeneformerModel
     from ..vocabulary import Vocabulary
 
@@ -177,7 +178,7 @@ def perturb(
     """
     import torch
 
-    from .._engine import inference
+    from .._compute._engine import inference
     from ._perturb_engine import EngineSpec
 
     start_time = time.perf_counter()
@@ -388,8 +389,8 @@ def _run_distributed(module, work: _PerturbationWork, plan: _Plan, todo: list[in
     import lightning.pytorch as pl
     import torch
 
-    from .._batching import world
-    from .._execution import lightning_predict
+    from .._compute._batching import world
+    from .._compute._lightning import lightning_predict
 
     collected: dict[str, list] = {"results": [], "labels": []}
 

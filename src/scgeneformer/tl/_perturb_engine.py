@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .._batching import pad_sequences, plan_batches
+from .._compute._batching import pad_sequences, plan_batches
 from ._first_layer import DeletionFirstLayer, run_remaining_layers
 from ._perturb_ops import ZERO, CellJob
 

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from .._data import writable_names
+from .._data._anndata import writable_names
 
 Perturbation = Literal["delete", "overexpress", "inhibit", "activate"]
 PERTURBATIONS = ("delete", "overexpress", "inhibit", "activate")

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from .._data import resolve_adata
+from .._data._anndata import resolve_adata
 from ._perturb_spec import GoalStates, genes_param_is_all
 
 if TYPE_CHECKING:

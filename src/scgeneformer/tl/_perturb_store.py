@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .._io import atomic_path, write_text_atomic
+from .._utils._files import atomic_path, write_text_atomic
 
 if TYPE_CHECKING:
     import pandas as pd

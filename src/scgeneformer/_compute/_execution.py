@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any
+
+from .._settings import ACCELERATORS, LIGHTNING_PRECISION, normalize_precision
 
 if TYPE_CHECKING:
     import torch
@@ -20,27 +22,6 @@ if TYPE_CHECKING:
 DEFAULT_TOKEN_BUDGET = {"cpu": 8_192, "cuda": 131_072, "mps": 32_768}
 #: The same for training, where activations and gradients of the whole batch are kept.
 TRAINING_TOKEN_BUDGET = {"cpu": 8_192, "cuda": 32_768, "mps": 16_384}
-
-#: Accepted spellings of each precision (ours first, then torch's and Lightning's).
-_PRECISIONS = {
-    "auto": ("auto",),
-    "32": ("32", "fp32", "float32", "32-true"),
-    "bf16": ("bf16", "bfloat16", "bf16-mixed"),
-    "16": ("16", "fp16", "float16", "16-mixed"),
-}
-_PRECISION_OF = {spelling: name for name, spellings in _PRECISIONS.items() for spelling in spellings}
-_LIGHTNING_PRECISION = {"32": "32-true", "bf16": "bf16-mixed", "16": "16-mixed"}
-_ACCELERATORS = ("auto", "cpu", "cuda", "gpu", "mps")
-
-
-def normalize_precision(precision: str | int) -> str:
-    """``"auto"``, ``"32"``, ``"bf16"`` or ``"16"`` for any accepted spelling (e.g. ``"bf16-mixed"``, ``"fp32"``)."""
-    name = _PRECISION_OF.get(str(precision).lower())
-    if name is None:
-        accepted = ", ".join(repr(s) for spellings in _PRECISIONS.values() for s in spellings)
-        msg = f"precision must be one of {accepted}; got {precision!r}."
-        raise ValueError(msg)
-    return name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,8 +74,8 @@ class Execution:
     progress_bar: bool | None = None
 
     def __post_init__(self) -> None:
-        if self.accelerator is not None and self.accelerator not in _ACCELERATORS:
-            msg = f"accelerator must be one of {_ACCELERATORS}, got {self.accelerator!r}."
+        if self.accelerator is not None and self.accelerator not in ACCELERATORS:
+            msg = f"accelerator must be one of {ACCELERATORS}, got {self.accelerator!r}."
             raise ValueError(msg)
         if self.precision is not None:
             object.__setattr__(self, "precision", normalize_precision(self.precision))
@@ -133,7 +114,7 @@ class Execution:
     @property
     def resolved_accelerator(self) -> str:
         """The accelerator, with ``"auto"`` and ``"gpu"`` resolved to what this machine has."""
-        from ._settings import settings
+        from .._settings import settings
 
         accelerator = self.accelerator or settings.accelerator
         if accelerator == "gpu":
@@ -170,7 +151,7 @@ class Execution:
     @property
     def resolved_precision(self) -> str:
         """``"32"``, ``"bf16"`` or ``"16"`` for this run's accelerator (``"auto"`` resolved)."""
-        from ._settings import settings
+        from .._settings import settings
 
         precision = self.precision or normalize_precision(settings.precision)
         if precision != "auto":
@@ -183,7 +164,7 @@ class Execution:
 
     def token_budget_for(self, device_type: str | None = None, *, training: bool = False) -> int:
         """The token budget: this object's, else ``sgf.settings.token_budget``, else the device type's default."""
-        from ._settings import settings
+        from .._settings import settings
 
         if self.token_budget is not None:
             return self.token_budget
@@ -196,7 +177,7 @@ class Execution:
     @property
     def show_progress(self) -> bool:
         """Whether to show progress bars."""
-        from ._settings import settings
+        from .._settings import settings
 
         return settings.progress_bar if self.progress_bar is None else self.progress_bar
 
@@ -218,95 +199,5 @@ class Execution:
             "devices": "auto" if self.devices is None else self.devices,
             "strategy": self.strategy,
             "num_nodes": self.num_nodes,
-            "precision": _LIGHTNING_PRECISION[self.resolved_precision],
+            "precision": LIGHTNING_PRECISION[self.resolved_precision],
         }
-
-
-@contextmanager
-def lightning_run():
-    """Run Lightning at the package's verbosity.
-
-    Its informational logging and harmless third-party warnings are shown only when ``sgf.settings.verbosity`` asks
-    for information.
-
-    Lightning prints device summaries and advertising tips at INFO level on every ``Trainer``; those are logged only
-    at ``verbosity="info"`` or more. Its deprecation warning about ``LeafSpec`` (Lightning's own use of a torch
-    API) is not ours to fix and is not shown, nor are its notes on custom batch samplers and on ``predict_step``
-    returning nothing, which do not apply to our inference runs.
-    """
-    import logging
-    import warnings
-
-    from ._settings import settings
-
-    names = ("lightning.pytorch", "lightning.fabric", "pytorch_lightning")
-    loggers = [logging.getLogger(name) for name in names]
-    levels = [log.level for log in loggers]
-    if settings.log_level > logging.INFO:
-        for log in loggers:
-            log.setLevel(max(log.level, logging.WARNING))
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
-            # Our inference runs use their own batch samplers, which never drop cells (tested), and their predict
-            # steps collect results themselves instead of returning them: Lightning's notes on both do not apply.
-            warnings.filterwarnings("ignore", message=r"You are using a custom batch sampler .* for prediction")
-            warnings.filterwarnings("ignore", message=r"predict returned None if it was on purpose")
-            yield
-    finally:
-        for log, level in zip(loggers, levels, strict=True):
-            log.setLevel(level)
-
-
-def trainer_defaults(n_batches: int | None = None) -> dict[str, Any]:
-    """Lightning ``Trainer`` defaults that follow ``sgf.settings``: progress bar, model summary, logging interval."""
-    import logging
-
-    from ._settings import settings
-
-    defaults: dict[str, Any] = {
-        "enable_progress_bar": settings.progress_bar,
-        "enable_model_summary": settings.log_level <= logging.INFO,
-    }
-    if n_batches:
-        defaults["log_every_n_steps"] = max(1, min(50, n_batches))
-    return defaults
-
-
-def progress_bar(**kwargs):
-    """A tqdm progress bar on stderr: a notebook widget where ipywidgets is installed, text otherwise.
-
-    ``tqdm.auto`` warns in notebooks without ipywidgets; the text bar works everywhere.
-    """
-    try:
-        import ipywidgets  # noqa: F401
-        from tqdm.auto import tqdm
-    except ImportError:
-        from tqdm import tqdm
-    return tqdm(**kwargs)
-
-
-def lightning_predict(module, lightning_module, loader, execution: Execution) -> None:
-    """Run ``lightning_module`` (wrapping ``module``) over ``loader`` with ``Trainer.predict``, one process per device.
-
-    The steps collect their results themselves; ``module`` runs in eval mode and is left on the CPU in the mode it
-    had.
-    """
-    import lightning.pytorch as pl
-
-    was_training = module.training
-    module.eval()
-    try:
-        with lightning_run():
-            trainer = pl.Trainer(
-                **execution.trainer_kwargs(),
-                logger=False,
-                enable_checkpointing=False,
-                enable_progress_bar=execution.show_progress,
-                enable_model_summary=False,
-                use_distributed_sampler=False,
-            )
-            trainer.predict(lightning_module, dataloaders=loader, return_predictions=False)
-    finally:
-        module.train(was_training)
-        module.cpu()

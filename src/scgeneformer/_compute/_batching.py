@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 if TYPE_CHECKING:
-    from ._encoding import EncodingInfo
+    from .._data._encoding import EncodingInfo
 
 #: Cells per "megabatch" of a shuffled sampler: cells are shuffled, then sorted by length within megabatches, so
 #: batches hold cells of similar length (little padding) while the order stays random.

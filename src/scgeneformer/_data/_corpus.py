@@ -199,7 +199,7 @@ class Corpus(SequenceLayout):
         >>> for batch in corpus.dataloader(token_budget=16384):  # doctest: +SKIP
         ...     outputs = my_model(batch["input_ids"], attention_mask=batch["attention_mask"])
         """
-        from ._batching import LengthGroupedBatchSampler, SequenceCollator, batch_loader
+        from .._compute._batching import LengthGroupedBatchSampler, SequenceCollator, batch_loader
 
         cells = self.encoded_cells() if cells is None else np.asarray(cells, dtype=np.int64)
         sampler = LengthGroupedBatchSampler(
@@ -377,7 +377,7 @@ class TokenizedDataset(Corpus):
     ) -> None:
         import pandas as pd
 
-        from .vocabulary import get_vocabulary
+        from ..vocabulary import get_vocabulary
 
         super().__init__(key)
         path = Path(path)

@@ -19,11 +19,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from .._utils._progress import progress_bar
 from ._batching import LengthGroupedBatchSampler, SequenceCollator, batch_loader, iter_batches
-from ._execution import Execution, lightning_predict, progress_bar
+from ._execution import Execution
+from ._lightning import lightning_predict
 
 if TYPE_CHECKING:
-    from ._encoding import EncodingInfo
+    from .._data._encoding import EncodingInfo
 
 #: ``compute(module, cells, input_ids, attention_mask)`` → ``{"cells": (B, k)}`` and/or ``{"token_ids": (N,),
 #: "token_values": (N, k)}``: per-cell rows, and values to sum per token id (``cells``: the batch's positions).

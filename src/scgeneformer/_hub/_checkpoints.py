@@ -11,9 +11,10 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .._io import write_text_atomic
-from .._registry import RemoteFile, fetch
 from .._settings import HF_REVISION
+from .._utils._files import write_text_atomic
+from ._download import fetch
+from ._registry import RemoteFile
 
 #: Revision before the 2025-06 relayout, which still holds the gf-*-i2048/i4096 folders.
 REVISION_2506 = "42dbf0ae41244b93f1c3735fa393a966ffe64dfa"

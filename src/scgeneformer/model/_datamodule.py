@@ -8,8 +8,8 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 
-from .._batching import LengthGroupedBatchSampler, SequenceCollator, batch_loader, world
-from .._encoding import EncodingInfo
+from .._compute._batching import LengthGroupedBatchSampler, SequenceCollator, batch_loader, world
+from .._data._encoding import EncodingInfo
 from ._module import GENE_LABELS, INPUT_IDS, LABELS, MLM_LABELS
 
 

@@ -18,3 +18,17 @@ def require(package: str, extra: str) -> ModuleType:
     except ImportError as e:
         msg = f"This needs the optional dependency {package!r}: pip install 'scgeneformer[{extra}]'."
         raise ImportError(msg) from e
+
+
+def import_pooch():
+    """pooch, imported without tqdm's notebook warning.
+
+    pooch imports ``tqdm.auto`` when it is imported, which warns in notebooks without ipywidgets ("IProgress not
+    found"). We never use pooch's own progress bars (we pass ours), so that warning concerns nothing we show.
+    """
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="IProgress not found")
+        import pooch
+    return pooch
