@@ -276,6 +276,43 @@ def batch_loader(
     return PackedBatchLoader(batch_sampler, collate, n_cells, num_workers=num_workers, **loader_kwargs)
 
 
+def sequence_loader(
+    info,
+    cells: np.ndarray,
+    *,
+    token_budget: int,
+    max_cells: int | None = None,
+    shuffle: bool,
+    seed: int = 0,
+    even_split: bool = True,
+    num_workers: int = 0,
+    collate=None,
+    **loader_kwargs,
+):
+    """Length-grouped, padding-trimmed batches of the encoded ``cells`` of ``info`` (the one sampler + loader set-up).
+
+    ``info`` is an :class:`~scgeneformer.EncodingInfo` or a :class:`~scgeneformer.Corpus` (read in blocks of
+    contiguous cells, see :class:`LengthGroupedBatchSampler`). ``collate`` builds each batch from a list of positions
+    (default :class:`SequenceCollator`: ``input_ids``, ``attention_mask``, ``cells``). ``even_split`` gives every
+    process of a distributed run the same number of batches (training); inference keeps every batch.
+    """
+    cells = np.asarray(cells, dtype=np.int64)
+    sampler = LengthGroupedBatchSampler(
+        cells,
+        info.lengths[cells],
+        token_budget=token_budget,
+        max_cells=max_cells,
+        shuffle=shuffle,
+        seed=seed,
+        even_split=even_split,
+        block_cells=getattr(info, "block_cells", None),
+        num_workers=num_workers,
+    )
+    return batch_loader(
+        sampler, collate or SequenceCollator(info), info.n_cells, num_workers=num_workers, **loader_kwargs
+    )
+
+
 class _WorkerGroups(torch.utils.data.Sampler):
     """The batches of a batch sampler in groups, each group made of batches of one data-loader worker.
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .._utils._progress import progress_bar
-from ._batching import LengthGroupedBatchSampler, SequenceCollator, batch_loader, iter_batches
+from ._batching import iter_batches, sequence_loader
 from ._execution import Execution
 from ._lightning import lightning_predict
 
@@ -194,15 +194,13 @@ def _run_lightning(module, info, cells, compute: Compute, results: InferenceResu
         def on_predict_epoch_end(self) -> None:
             results.gather()
 
-    sampler = LengthGroupedBatchSampler(
+    loader = sequence_loader(
+        info,
         cells,
-        info.lengths[cells],
         token_budget=execution.token_budget_for(),
         max_cells=execution.batch_size,
         shuffle=False,
         even_split=False,
-        block_cells=getattr(info, "block_cells", None),
         num_workers=execution.num_workers,
     )
-    loader = batch_loader(sampler, SequenceCollator(info), info.n_cells, num_workers=execution.num_workers)
     lightning_predict(module, Predictor(), loader, execution)

@@ -199,21 +199,19 @@ class Corpus(SequenceLayout):
         >>> for batch in corpus.dataloader(token_budget=16384):  # doctest: +SKIP
         ...     outputs = my_model(batch["input_ids"], attention_mask=batch["attention_mask"])
         """
-        from .._compute._batching import LengthGroupedBatchSampler, SequenceCollator, batch_loader
+        from .._compute._batching import sequence_loader
 
-        cells = self.encoded_cells() if cells is None else np.asarray(cells, dtype=np.int64)
-        sampler = LengthGroupedBatchSampler(
+        cells = self.encoded_cells() if cells is None else cells
+        return sequence_loader(
+            self,
             cells,
-            self.lengths[cells],
             token_budget=token_budget,
             max_cells=max_cells,
             shuffle=shuffle,
             seed=seed,
             even_split=False,
-            block_cells=self.block_cells,
             num_workers=num_workers,
         )
-        return batch_loader(sampler, SequenceCollator(self), self.n_cells, num_workers=num_workers)
 
     # -- results --------------------------------------------------------------------------------------------------
     @property

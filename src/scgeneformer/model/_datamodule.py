@@ -8,7 +8,7 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 
-from .._compute._batching import LengthGroupedBatchSampler, SequenceCollator, batch_loader, world
+from .._compute._batching import SequenceCollator, sequence_loader, world
 from .._data._encoding import EncodingInfo
 from ._module import GENE_LABELS, INPUT_IDS, LABELS, MLM_LABELS
 
@@ -178,21 +178,15 @@ class TokenDataModule(pl.LightningDataModule):
             self.collator.masking_generator().set_state(state["masking_rng"])
 
     def _loader(self, cells: np.ndarray, *, shuffle: bool, collator: TokenCollator | None = None):
-        sampler = LengthGroupedBatchSampler(
+        return sequence_loader(
+            self.info,
             cells,
-            self.info.lengths[cells],
             token_budget=self.token_budget,
             max_cells=self.max_cells,
             shuffle=shuffle,
             seed=self.seed,
-            block_cells=getattr(self.info, "block_cells", None),
             num_workers=self.num_workers,
-        )
-        return batch_loader(
-            sampler,
-            collator or self.collator,
-            self.info.n_cells,
-            num_workers=self.num_workers,
+            collate=collator or self.collator,
             persistent_workers=self.num_workers > 0,
         )
 
