@@ -7,7 +7,7 @@ from helpers import Mirror, encoded_counts, make_vocabulary, shared_path, tiny_b
 
 import scgeneformer as sgf
 from scgeneformer._hub._registry import RemoteFile
-from scgeneformer.model import _checkpoints
+from scgeneformer._hub import _checkpoints
 
 
 def test_registry_lists_every_published_checkpoint():
