@@ -217,3 +217,20 @@ def test_quirks_v1_keeps_duplicate_tokens():
     encode(adata, vocab)
     (seq,) = sgf.pp.input_ids(adata)
     assert sorted(seq.tolist()) == [2, 3]
+
+
+def test_data_subset_to_highly_variable_genes_is_refused(adata, vocab_v2):
+    full = adata.copy()
+    subset = adata[:, :120].copy()
+    subset.var["highly_variable"] = True  # what `sc.pp.highly_variable_genes(..., subset=True)` leaves
+    subset.uns["hvg"] = {"flavor": "seurat_v3"}
+    with pytest.raises(ValueError, match="highly variable genes.*allow_gene_subset=True"):
+        sgf.pp.rank_encode(subset, vocabulary=vocab_v2)
+    assert "geneformer" not in subset.uns and "geneformer_ranks" not in subset.layers  # refused before any work
+    subset.raw = full
+    with pytest.raises(ValueError, match=r"`adata.raw` holds 302 genes: encode `adata.raw.to_adata\(\)`"):
+        sgf.pp.rank_encode(subset, vocabulary=vocab_v2)
+    encode(subset, vocab_v2, allow_gene_subset=True)  # a targeted panel: on request
+    assert "geneformer_ranks" in subset.layers
+    full.var["highly_variable"] = np.arange(full.n_vars) % 2 == 0  # flags without subsetting: fine
+    encode(full, vocab_v2)

@@ -39,6 +39,7 @@ def rank_encode(
     key_added: str = "geneformer",
     mod: str = "rna",
     allow_non_integer: bool = False,
+    allow_gene_subset: bool = False,
     reference_quirks: bool = False,
     chunk_size: int = 2048,
     n_jobs: int | None = None,
@@ -80,6 +81,12 @@ def rank_encode(
     allow_non_integer
         Accept non-integer values (e.g. corrected or estimated counts). Without it they are refused, because
         normalized or log-transformed data silently give wrong ranks.
+    allow_gene_subset
+        Accept data that were subset to highly variable genes (``sc.pp.highly_variable_genes(..., subset=True)``:
+        every gene of ``var["highly_variable"]`` is True). Without it such data are refused: ranking a cell among a
+        few thousand selected genes instead of its whole transcriptome gives encodings unlike anything the model was
+        trained on. Encode the full gene set instead (``adata.raw.to_adata()``, or the counts before subsetting);
+        pass ``True`` only for data that really measure few genes (e.g. a targeted panel).
     reference_quirks
         Reproduce the reference tokenizer exactly, bugs included: identifiers mapped only through the Ensembl
         mapping (version-suffixed IDs dropped, the string ``"nan"`` taken as a gene), duplicated genes summed only
@@ -139,6 +146,8 @@ def rank_encode(
             "`adata.X = adata.X.astype(np.float32)`."
         )
         raise TypeError(msg)
+    if not allow_gene_subset:
+        _refuse_gene_subset(adata)
     gene_ids = _gene_ids(adata, gene_id_key)
     plan = GenePlan.build(gene_ids, vocab, reference_quirks=reference_quirks)
     n_mapped = int((plan.var_token >= 0).sum())
@@ -314,6 +323,25 @@ def _obs_column(adata: AnnData, key: str, *, argument: str, kinds: str, expected
         msg = f"obs[{key!r}] must be {expected}, got dtype {values.dtype}."
         raise TypeError(msg)
     return values
+
+
+def _refuse_gene_subset(adata: AnnData) -> None:
+    """Refuse data subset to highly variable genes: scanpy leaves ``var["highly_variable"]`` all True after it."""
+    flags = adata.var.get("highly_variable")
+    if flags is None or adata.n_vars == 0 or not bool(np.asarray(flags, dtype=bool).all()):
+        return
+    raw_hint = (
+        f" `adata.raw` holds {adata.raw.n_vars:,} genes: encode `adata.raw.to_adata()` (raw counts) instead."
+        if adata.raw is not None and adata.raw.n_vars > adata.n_vars
+        else " Encode the raw counts of all genes, e.g. from a copy taken before subsetting or a counts layer of it."
+    )
+    msg = (
+        f"The data hold only {adata.n_vars:,} genes, all marked highly variable: they were subset to highly variable "
+        "genes (`sc.pp.highly_variable_genes(..., subset=True)`). Geneformer ranks each cell's whole transcriptome; "
+        f"ranks among selected genes are meaningless to it.{raw_hint} If the data really measure only these genes "
+        "(e.g. a targeted panel), pass `allow_gene_subset=True`."
+    )
+    raise ValueError(msg)
 
 
 def _validate_counts(chunk: sp.csr_matrix, adata: AnnData, *, allow_non_integer: bool) -> None:
