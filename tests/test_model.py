@@ -6,8 +6,8 @@ import torch
 from helpers import Mirror, encoded_counts, make_vocabulary, shared_path, tiny_bert_config, tiny_model
 
 import scgeneformer as sgf
+from scgeneformer._hub import _checkpoints
 from scgeneformer._hub._registry import RemoteFile
-from scgeneformer.model import _checkpoints
 
 
 def test_registry_lists_every_published_checkpoint():

@@ -4,7 +4,8 @@ import torch
 from helpers import encoded_counts, make_vocabulary, tiny_bert_config
 
 import scgeneformer as sgf
-from scgeneformer.model._datamodule import LengthGroupedBatchSampler, mask_genes
+from scgeneformer._compute._batching import LengthGroupedBatchSampler
+from scgeneformer.model._datamodule import mask_genes
 
 
 def test_masking_rules():
