@@ -53,7 +53,7 @@ def test_an_interrupted_save_keeps_the_previous_model(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert torch.equal(weights_of(sgf.GeneformerModel.load(folder)), weights_of(first))
 
-    import scgeneformer.model._saving as saving
+    import scgeneformer.model._model_folder as saving
 
     def killed_before_the_description(path, text):
         raise KeyboardInterrupt

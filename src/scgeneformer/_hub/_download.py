@@ -1,7 +1,9 @@
-"""Download of the published Geneformer files through :mod:`pooch`: cache, local copies, sha256 checks.
+"""Downloads: published Geneformer files (pooch, sha256-checked) and Hugging Face repository snapshots.
 
-Paths are relative to the root of the Hugging Face repository ``ctheodoris/Geneformer`` at the commit pinned in
-:mod:`scgeneformer._settings`; sizes and sha256 are those of the upstream files (Git LFS object ids).
+Published files are fetched through :mod:`pooch` into the cache, from a local copy when there is one. Their paths
+are relative to the root of the Hugging Face repository ``ctheodoris/Geneformer`` at the commit pinned in
+:mod:`scgeneformer._settings`; sizes and sha256 are those of the upstream files (Git LFS object ids). Other Hugging
+Face model repositories are downloaded whole through ``huggingface_hub`` (:func:`hub_snapshot`).
 """
 
 from __future__ import annotations
@@ -82,6 +84,28 @@ def fetch(file: RemoteFile, *, base_url: str | None = None, progressbar: bool = 
             + f"), or place it at {Path(settings.cache_dir) / file.path}."
         )
         raise DownloadError(msg) from e
+
+
+def hub_snapshot(repo_id: str, revision: str | None = None) -> Path:
+    """A local copy of a Hugging Face model repository, downloaded into ``sgf.settings.cache_dir / "hub"``.
+
+    Without network access the copy already in that cache is used; a clear error says when there is none.
+    """
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError as e:  # transformers depends on it, but keep the message clear
+        msg = "Loading from the Hugging Face hub needs huggingface_hub: pip install huggingface_hub"
+        raise ImportError(msg) from e
+    cache = Path(settings.cache_dir) / "hub"
+    try:
+        return Path(snapshot_download(repo_id, revision=revision, cache_dir=cache))
+    except Exception as online_error:  # noqa: BLE001 - offline, unknown repository, ...
+        try:
+            return Path(snapshot_download(repo_id, revision=revision, cache_dir=cache, local_files_only=True))
+        except Exception:  # noqa: BLE001 - report the download error, which says why
+            reason = f"{type(online_error).__name__}: {online_error}"
+            msg = f"Could not get the Hugging Face repository {repo_id!r} ({reason})."
+            raise FileNotFoundError(msg) from online_error
 
 
 def seed_cache(folder: str | Path, files: list[RemoteFile] | None = None) -> list[Path]:

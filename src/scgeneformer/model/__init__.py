@@ -6,7 +6,7 @@ from ._gene_classifier import GeneLabels
 from ._inference import Embeddings
 from ._model import GeneformerModel
 from ._module import GeneformerModule
-from ._training import PLAN_DEFAULTS, ClassifierTrainingPlan, GeneformerTrainingPlan
+from ._plans import PLAN_DEFAULTS, ClassifierTrainingPlan, GeneformerTrainingPlan
 
 __all__ = [
     "CHECKPOINTS",

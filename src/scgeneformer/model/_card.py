@@ -7,98 +7,110 @@ people. :func:`read_model_card` reads the front matter back.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from ._model import GeneformerModel
+from .._utils._files import write_text_atomic
+from .._version import __version__
 
 CARD_FILE = "README.md"
 
 
-def card_facts(model: GeneformerModel) -> dict[str, Any]:
-    """What a model card records: origin, vocabulary, architecture, data, labels, metrics, package version."""
-    from .._version import __version__
+@dataclass(frozen=True)
+class CardFacts:
+    """What a model knows about itself, in plain values: the model gathers them, the card is written from them.
 
-    config = model.module.config
-    setup = model.registry_.get("setup_args", {}) if model.adata is not None else {}
-    report = getattr(model, "classification_report_", None)
-    facts: dict[str, Any] = {
+    Attributes
+    ----------
+    checkpoint
+        Where the weights came from and how they were trained (e.g. ``"Geneformer-V1-10M + classifier"``).
+    vocabulary
+        ``"V1"`` or ``"V2"``.
+    architecture
+        ``layers``, ``hidden_size``, ``heads`` and ``input_size`` of the encoder.
+    classes, gene_classes
+        Class names of the cell- and gene-classification heads (``{task: names}`` for a multitask classifier).
+    lora
+        Settings of the model's LoRA adapters.
+    training_data
+        ``n_cells``, ``encoding_key``, ``labels_key`` and the sizes of the splits, for a model set up on data.
+    metrics
+        Test ``accuracy``, ``macro_f1`` and ``n_cells`` of a trained classifier.
+    """
+
+    checkpoint: str | None
+    vocabulary: str
+    architecture: dict[str, int]
+    classes: list[str] | dict[str, list[str]] | None = None
+    gene_classes: list[str] | None = None
+    lora: dict | None = None
+    training_data: dict | None = None
+    metrics: dict | None = None
+
+
+def front_matter(facts: CardFacts) -> dict[str, Any]:
+    """The card's front matter: origin, vocabulary, architecture, data, labels, metrics, package version."""
+    matter: dict[str, Any] = {
         "library_name": "scgeneformer",
         "tags": ["single-cell", "geneformer", "scverse", "scgeneformer"],
-        "base_model": model.checkpoint.split(" + ")[0] if model.checkpoint else None,
-        "history": model.checkpoint,
-        "vocabulary": model.vocabulary_version,
-        "architecture": {
-            "layers": config.num_hidden_layers,
-            "hidden_size": config.hidden_size,
-            "heads": config.num_attention_heads,
-            "input_size": config.max_position_embeddings,
-        },
-        "classes": model.classes,
-        "gene_classes": model.gene_classes,
-        "lora": None if model.lora_settings is None else model.lora_settings.to_params(),
+        "base_model": facts.checkpoint.split(" + ")[0] if facts.checkpoint else None,
+        "history": facts.checkpoint,
+        "vocabulary": facts.vocabulary,
+        "architecture": facts.architecture,
+        "classes": facts.classes,
+        "gene_classes": facts.gene_classes,
+        "lora": facts.lora,
         "scgeneformer_version": __version__,
         "saved": date.today().isoformat(),
     }
-    if model.adata is not None:
-        facts["training_data"] = {
-            "n_cells": int(model.adata.n_obs),
-            "encoding_key": setup.get("encoding_key"),
-            "labels_key": setup.get("labels_key"),
-            "n_train": None if getattr(model, "train_indices", None) is None else len(model.train_indices),
-            "n_validation": None
-            if getattr(model, "validation_indices", None) is None
-            else len(model.validation_indices),
-            "n_test": None if getattr(model, "test_indices", None) is None else len(model.test_indices),
-        }
-    if report is not None:
-        facts["metrics"] = {k: report[k] for k in ("accuracy", "macro_f1", "n_cells") if k in report}
-    return facts
+    if facts.training_data is not None:
+        matter["training_data"] = facts.training_data
+    if facts.metrics is not None:
+        matter["metrics"] = facts.metrics
+    return matter
 
 
-def write_model_card(model: GeneformerModel, folder: Path, prefix: str = "") -> Path:
+def write_model_card(facts: CardFacts, folder: Path, prefix: str = "") -> Path:
     """Write ``README.md`` (``<prefix>README.md``) for a saved model; returns its path."""
-    from .._utils._files import write_text_atomic
-
-    facts = card_facts(model)
-    front = "\n".join(f"{key}: {json.dumps(value)}" for key, value in facts.items())
+    matter = front_matter(facts)
+    front = "\n".join(f"{key}: {json.dumps(value)}" for key, value in matter.items())
     lines = [
         "---",
         front,
         "---",
         "",
-        f"# {'Fine-tuned ' if model.classes or model.gene_classes else ''}Geneformer model",
+        f"# {'Fine-tuned ' if facts.classes or facts.gene_classes else ''}Geneformer model",
         "",
-        f"- Origin: {facts['history'] or 'a new (randomly initialised) model'}",
-        f"- Vocabulary: {facts['vocabulary']} (encode data with `sgf.pp.rank_encode(adata, vocabulary="
-        f"'{facts['vocabulary']}')`)",
+        f"- Origin: {matter['history'] or 'a new (randomly initialised) model'}",
+        f"- Vocabulary: {matter['vocabulary']} (encode data with `sgf.pp.rank_encode(adata, vocabulary="
+        f"'{matter['vocabulary']}')`)",
         "- Architecture: {layers} layers, hidden size {hidden_size}, {heads} heads, input size {input_size}".format(
-            **facts["architecture"]
+            **matter["architecture"]
         ),
     ]
-    if isinstance(model.classes, dict):
-        for task, classes in model.classes.items():
+    if isinstance(facts.classes, dict):
+        for task, classes in facts.classes.items():
             lines.append(f"- Cell classes of `{task}`: {', '.join(map(str, classes))}")
-    elif model.classes:
-        lines.append(f"- Cell classes: {', '.join(map(str, model.classes))}")
-    if model.gene_classes:
-        lines.append(f"- Gene classes: {', '.join(map(str, model.gene_classes))}")
-    data = facts.get("training_data")
+    elif facts.classes:
+        lines.append(f"- Cell classes: {', '.join(map(str, facts.classes))}")
+    if facts.gene_classes:
+        lines.append(f"- Gene classes: {', '.join(map(str, facts.gene_classes))}")
+    data = matter.get("training_data")
     if data:
         lines.append(
             f"- Training data: {data['n_cells']} cells (labels from `{data['labels_key']}`; train/validation/test "
             f"{data['n_train']}/{data['n_validation']}/{data['n_test']})"
         )
-    metrics = facts.get("metrics")
+    metrics = matter.get("metrics")
     if metrics:
         lines.append(
             f"- Test metrics: accuracy {metrics.get('accuracy', float('nan')):.4f}, macro-F1 "
             f"{metrics.get('macro_f1', float('nan')):.4f} on {metrics.get('n_cells')} cells"
         )
     lines += [
-        f"- Saved with scgeneformer {facts['scgeneformer_version']} on {facts['saved']}",
+        f"- Saved with scgeneformer {matter['scgeneformer_version']} on {matter['saved']}",
         "",
         "## Use",
         "",
@@ -106,8 +118,8 @@ def write_model_card(model: GeneformerModel, folder: Path, prefix: str = "") -> 
         "import scgeneformer as sgf",
         "",
         'model = sgf.GeneformerModel.load("path/to/this/folder")  # or from_pretrained("<hub repo id>")',
-        f'sgf.pp.rank_encode(adata, vocabulary="{facts["vocabulary"]}")',
-        "sgf.tl.annotate(adata, model)" if model.classes else "sgf.tl.embed(adata, model)",
+        f'sgf.pp.rank_encode(adata, vocabulary="{matter["vocabulary"]}")',
+        "sgf.tl.annotate(adata, model)" if facts.classes else "sgf.tl.embed(adata, model)",
         "```",
         "",
     ]

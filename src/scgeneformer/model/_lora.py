@@ -1,8 +1,8 @@
-"""Parameter-efficient fine-tuning with LoRA adapters (``peft``), and 8/4-bit loading (``bitsandbytes``).
+"""Parameter-efficient fine-tuning with LoRA adapters (``peft``): their settings, and the model's LoRA methods.
 
 Adapters are injected into the BERT encoder in place (``peft.inject_adapter_in_model``), so the module keeps its
-structure: inference, perturbation and saving work unchanged, and ``merge_lora`` folds the adapters back into the
-weights. Both libraries are optional extras, imported only when used.
+structure: inference, perturbation and saving work unchanged, and :meth:`LoraMixin.merge_lora` folds the adapters
+back into the weights. ``peft`` is an optional extra, imported only when used.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ class LoraSettings:
         return asdict(self)
 
 
-def inject_lora(bert: torch.nn.Module, settings: LoraSettings) -> None:
+def inject_adapters(bert: torch.nn.Module, settings: LoraSettings) -> None:
     """Add LoRA adapters to ``bert`` in place (its layers stay where they are)."""
     peft = require("peft", "lora")
     config = peft.LoraConfig(
@@ -88,7 +88,7 @@ def has_lora(module: torch.nn.Module) -> bool:
     return bool(lora_layers(module))
 
 
-def merge_lora(module: torch.nn.Module) -> int:
+def merge_adapters(module: torch.nn.Module) -> int:
     """Fold every LoRA adapter of ``module`` into its base weight and remove the adapter; returns how many."""
     layers = lora_layers(module)
     with torch.no_grad():
@@ -103,35 +103,63 @@ def is_lora_parameter(name: str) -> bool:
     return "lora_" in name
 
 
-def check_quantization(quantization: str) -> int:
-    """The bits of ``"8bit"``/``"4bit"``, after checking that a CUDA GPU and bitsandbytes are there."""
-    bits = {"8bit": 8, "4bit": 4}.get(str(quantization))
-    if bits is None:
-        msg = f"quantization must be '8bit' or '4bit', got {quantization!r}."
-        raise ValueError(msg)
-    if not torch.cuda.is_available():
-        msg = (
-            f"{bits}-bit quantization (bitsandbytes) runs on CUDA GPUs only, and this machine has none; load the "
-            "model without quantization (it runs on CPU, Apple MPS and CUDA)."
-        )
-        raise RuntimeError(msg)
-    require("bitsandbytes", "quantization")
-    return bits
+class LoraMixin:
+    """LoRA methods of :class:`~scgeneformer.GeneformerModel`: add adapters to the encoder and merge them back."""
 
+    def add_lora(
+        self,
+        r: int = 8,
+        alpha: float = 16,
+        dropout: float = 0.1,
+        target_modules: Sequence[str] = ("query", "key", "value"),
+    ) -> None:
+        """Add LoRA adapters (``peft``) to the encoder; training then updates only them and the task heads.
 
-def quantized_bert(folder, bits: int, device: torch.device):
-    """A ``BertForMaskedLM`` loaded in 8 or 4 bits with bitsandbytes, on a CUDA device, for inference."""
-    from transformers import BertForMaskedLM, BitsAndBytesConfig
+        Every training method (:meth:`train`, :meth:`train_classifier`, :meth:`train_gene_classifier`) trains the
+        adapters instead of the encoder's weights, which stay as they are: a fraction of the parameters and of the
+        optimiser's memory. The adapters are saved and loaded with the model, work in every tool (embeddings,
+        annotation, perturbation), and :meth:`merge_lora` folds them into the weights. Needs the ``lora`` extra
+        (``pip install 'scgeneformer[lora]'``).
 
-    if bits == 8:
-        config = BitsAndBytesConfig(load_in_8bit=True)
-    else:  # the reference's QLoRA settings
-        config = BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_use_double_quant=True,
-            bnb_4bit_quant_type="nf4",
-            bnb_4bit_compute_dtype=torch.bfloat16,
-        )
-    return BertForMaskedLM.from_pretrained(
-        folder, quantization_config=config, device_map={"": device.index or 0}, attn_implementation="sdpa"
-    )
+        Parameters
+        ----------
+        r
+            Rank of each adapter.
+        alpha
+            Scaling of the adapters' update (``alpha / r``).
+        dropout
+            Dropout on the adapters' input.
+        target_modules
+            Linear layers that get adapters: ``("query", "key", "value")`` (attention) or, adding ``"dense"``, the
+            feed-forward and attention-output layers too.
+
+        Examples
+        --------
+        >>> model = sgf.GeneformerModel.from_pretrained("Geneformer-V2-104M", adata)  # doctest: +SKIP
+        >>> model.add_lora(r=8)  # doctest: +SKIP
+        >>> model.train_classifier(labels_key="cell_type")  # doctest: +SKIP
+        """
+        if self.lora_settings is not None:
+            msg = "The model has LoRA adapters already; merge them first with `merge_lora()` to add new ones."
+            raise ValueError(msg)
+        settings = LoraSettings(r=r, alpha=alpha, dropout=dropout, target_modules=list(target_modules))
+        self._inject_lora(settings)
+        self.init_params_["non_kwargs"]["lora"] = settings.to_params()
+
+    def _inject_lora(self, settings: LoraSettings) -> None:
+        inject_adapters(self.module.mlm.bert, settings)
+        self.lora_settings = settings
+
+    def merge_lora(self) -> int:
+        """Fold the LoRA adapters into the encoder's weights and remove them; returns how many were merged.
+
+        The merged model computes the same outputs without the adapters' overhead.
+
+        Examples
+        --------
+        >>> model.merge_lora()  # doctest: +SKIP
+        """
+        merged = merge_adapters(self.module.mlm.bert)
+        self.lora_settings = None
+        self.init_params_["non_kwargs"]["lora"] = None
+        return merged

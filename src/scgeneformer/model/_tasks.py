@@ -1,9 +1,10 @@
 """Training tasks: what differs between masked-gene pretraining, cell classification and gene classification.
 
-:meth:`GeneformerModel._fit <scgeneformer.GeneformerModel>` runs every task the same way. A task first checks its
-arguments against the model and the data (:meth:`TrainingTask.validate`, :meth:`TrainingTask.prepare`: nothing on
-the model changes yet), then installs its head (:meth:`TrainingTask.install`), chooses the trainable parameters,
-gives the training plan and callbacks, and finally reports (:meth:`TrainingTask.finish`).
+The model's ``_fit`` (``model/_training.py``) runs every task the same way. A task first checks its arguments against
+the model and the data (:meth:`TrainingTask.validate`, :meth:`TrainingTask.prepare`: nothing on the model changes
+yet), then installs its head (:meth:`TrainingTask.install`), chooses the trainable parameters, gives the training
+plan and callbacks, and finally reports (:meth:`TrainingTask.finish`). Tasks see the model through
+:class:`TrainableModel`, what they read and set on it.
 """
 
 from __future__ import annotations
@@ -11,22 +12,42 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
 
 from ._lora import has_lora, is_lora_parameter
 from ._module import classification_head
-from ._training import ClassifierTrainingPlan, GeneformerTrainingPlan
+from ._plans import ClassifierTrainingPlan, GeneformerTrainingPlan
 
 if TYPE_CHECKING:
+    from anndata import AnnData
+
     from .._compute._execution import Execution
     from .._data._encoding import EncodingInfo
     from ._gene_classifier import GeneLabels
-    from ._model import GeneformerModel
+    from ._module import GeneformerModule
 
 Split = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+class TrainableModel(Protocol):
+    """What a task reads and sets on the model it trains (a :class:`~scgeneformer.GeneformerModel`)."""
+
+    module: GeneformerModule
+    registry_: dict
+    init_params_: dict
+    classes: list[str] | dict[str, list[str]] | None
+    gene_classes: list[str] | None
+
+    @property
+    def adata(self) -> AnnData | None: ...
+
+    @property
+    def training_data(self) -> AnnData | None: ...
+
+    def predict(self, adata: AnnData | None = None, indices: Any = None, **kwargs: Any) -> Any: ...
 
 
 @dataclass
@@ -47,14 +68,14 @@ def _check_fraction(name: str, value: float, *, upper_inclusive: bool = True) ->
 
 @dataclass
 class TrainingTask:
-    """Base of the training tasks: layer freezing and the hooks :meth:`GeneformerModel._fit` calls in order."""
+    """Base of the training tasks: layer freezing and the hooks the model's ``_fit`` calls in order."""
 
     #: Appended to the model's checkpoint label once trained (e.g. ``"… + classifier"``).
     stage = "training"
     freeze_layers: int = 0
     freeze_embeddings: bool = False
 
-    def validate(self, model: GeneformerModel) -> None:
+    def validate(self, model: TrainableModel) -> None:
         """Check the task's arguments against the model; raise before anything changes."""
         n_layers = model.module.n_layers
         if isinstance(self.freeze_layers, bool) or not isinstance(self.freeze_layers, int):
@@ -64,11 +85,11 @@ class TrainingTask:
             msg = f"freeze_layers must be between 0 and {n_layers} (the encoder's layers), got {self.freeze_layers}."
             raise ValueError(msg)
 
-    def prepare(self, model: GeneformerModel, info: EncodingInfo, seed: int) -> Prepared:
+    def prepare(self, model: TrainableModel, info: EncodingInfo, seed: int) -> Prepared:
         """The split and targets; raise on unusable data. Must not change the model."""
         raise NotImplementedError
 
-    def install(self, model: GeneformerModel) -> None:
+    def install(self, model: TrainableModel) -> None:
         """Add the task's head to the model (called after validation, under the training seed)."""
 
     def set_trainable(self, module) -> None:
@@ -102,7 +123,7 @@ class TrainingTask:
         """Extra Lightning callbacks."""
         return []
 
-    def finish(self, model: GeneformerModel, plan, info: EncodingInfo, prepared: Prepared, execution: Execution):
+    def finish(self, model: TrainableModel, plan, info: EncodingInfo, prepared: Prepared, execution: Execution):
         """After training: restore the best weights, evaluate, and return a report (or ``None``)."""
         return None
 
@@ -137,7 +158,7 @@ class MaskedGeneTask(TrainingTask):
     train_size: float = 0.9
     validation_size: float | None = None
 
-    def validate(self, model: GeneformerModel) -> None:
+    def validate(self, model: TrainableModel) -> None:
         super().validate(model)
         if not 0 < self.mlm_probability < 1:
             msg = f"mlm_probability must be in (0, 1), got {self.mlm_probability!r}."
@@ -149,7 +170,7 @@ class MaskedGeneTask(TrainingTask):
                 msg = "train_size + validation_size must not exceed 1."
                 raise ValueError(msg)
 
-    def prepare(self, model: GeneformerModel, info: EncodingInfo, seed: int) -> Prepared:
+    def prepare(self, model: TrainableModel, info: EncodingInfo, seed: int) -> Prepared:
         split = random_split(info.encoded_cells(), self.train_size, self.validation_size, seed)
         if len(split[0]) == 0:
             msg = "No encoded cells to train on."
@@ -184,7 +205,7 @@ class CellClassificationTask(TrainingTask):
     test_cells: Any = None
     classes: dict[str, list[str]] = field(default_factory=dict, init=False)
 
-    def tasks(self, model: GeneformerModel) -> list[str]:
+    def tasks(self, model: TrainableModel) -> list[str]:
         """The label columns: the given ones, else the one registered with ``setup_anndata``."""
         if self.labels_key is None:
             registered = model.registry_["setup_args"].get("labels_key") if model.adata is not None else None
@@ -195,7 +216,7 @@ class CellClassificationTask(TrainingTask):
     def multitask(self) -> bool:
         return len(self.classes) > 1
 
-    def validate(self, model: GeneformerModel) -> None:
+    def validate(self, model: TrainableModel) -> None:
         super().validate(model)
         tasks = self.tasks(model)
         if model.training_data is None or not tasks:
@@ -241,7 +262,7 @@ class CellClassificationTask(TrainingTask):
             msg = f"early_stopping_patience must be a positive integer or None, got {self.early_stopping_patience!r}."
             raise ValueError(msg)
 
-    def prepare(self, model: GeneformerModel, info: EncodingInfo, seed: int) -> Prepared:
+    def prepare(self, model: TrainableModel, info: EncodingInfo, seed: int) -> Prepared:
         import pandas as pd
 
         from .._data._anndata import cell_mask
@@ -290,7 +311,7 @@ class CellClassificationTask(TrainingTask):
         targets = codes if len(tasks) > 1 else codes[:, 0]
         return Prepared(split, {"labels": targets})
 
-    def install(self, model: GeneformerModel) -> None:
+    def install(self, model: TrainableModel) -> None:
         pooling = self.pooling or model.module.classifier_pooling
         hidden = model.module.config.hidden_size
         if self.multitask:
@@ -318,7 +339,7 @@ class CellClassificationTask(TrainingTask):
 
         return [EarlyStopping(monitor="validation_macro_f1", mode="max", patience=self.early_stopping_patience)]
 
-    def finish(self, model: GeneformerModel, plan, info: EncodingInfo, prepared: Prepared, execution: Execution):
+    def finish(self, model: TrainableModel, plan, info: EncodingInfo, prepared: Prepared, execution: Execution):
         from ._classifier import classification_metrics
 
         if plan.best_state is not None:
@@ -359,7 +380,7 @@ class GeneClassificationTask(TrainingTask):
     n_cells: int | None = None
     labels: GeneLabels | None = field(default=None, init=False)
 
-    def validate(self, model: GeneformerModel) -> None:
+    def validate(self, model: TrainableModel) -> None:
         super().validate(model)
         if model.training_data is None:
             msg = (
@@ -373,7 +394,7 @@ class GeneClassificationTask(TrainingTask):
             msg = f"n_cells must be a positive integer or None, got {self.n_cells!r}."
             raise ValueError(msg)
 
-    def prepare(self, model: GeneformerModel, info: EncodingInfo, seed: int) -> Prepared:
+    def prepare(self, model: TrainableModel, info: EncodingInfo, seed: int) -> Prepared:
         from ._gene_classifier import GeneLabels, resolve_gene_labels
 
         labels = self.gene_labels
@@ -391,7 +412,7 @@ class GeneClassificationTask(TrainingTask):
         split = (np.sort(cells[n_val:]), np.sort(cells[:n_val]), np.array([], dtype=np.int64))
         return Prepared(split, {"token_labels": labels.lookup(model.module.config.vocab_size)})
 
-    def install(self, model: GeneformerModel) -> None:
+    def install(self, model: TrainableModel) -> None:
         hidden = model.module.config.hidden_size
         model.module.gene_classifier = classification_head(hidden, len(self.labels.classes), self.dropout)
         model.gene_classes = list(self.labels.classes)

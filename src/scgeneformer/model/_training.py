@@ -1,253 +1,346 @@
-"""Training plans of Geneformer models on the scvi-tools/Lightning stack: BERT's optimiser and warm-up schedule."""
+"""Training methods of :class:`~scgeneformer.GeneformerModel`: masked-gene pretraining and fine-tuning.
+
+:meth:`TrainingMixin.train`, :meth:`~TrainingMixin.train_classifier` and :meth:`~TrainingMixin.train_gene_classifier`
+each describe a task (:mod:`._tasks`); ``_fit`` runs every task the same way through scvi-tools' ``TrainRunner``.
+"""
 
 from __future__ import annotations
 
-import copy
-import inspect
-import math
+import os
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from scvi.train import TrainingPlan
 
-#: The documented defaults of every fine-tuning and pretraining run (the reference's fine-tuning values).
-PLAN_DEFAULTS = {"lr": 5e-5, "weight_decay": 0.001, "warmup_steps": 0.05, "schedule": "linear"}
-SCHEDULES = ("linear", "cosine", "constant")
+from .._compute._execution import Execution
+from .._compute._lightning import lightning_run, trainer_defaults
+from ._datamodule import TokenCollator, TokenDataModule
+from ._plans import check_plan_kwargs, train_runner
+from ._tasks import CellClassificationTask, GeneClassificationTask, MaskedGeneTask, TrainingTask
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+    from ._gene_classifier import GeneLabels
 
 
-class GeneformerTrainingPlan(TrainingPlan):
-    """scvi-tools training plan with BERT's optimiser: AdamW with weight decay on matrices only, and warm-up.
+class TrainingMixin:
+    """Training methods of a :class:`~scgeneformer.GeneformerModel`."""
 
-    Parameters
-    ----------
-    module
-        The :class:`~scgeneformer.model.GeneformerModule`.
-    lr, weight_decay
-        AdamW learning rate and weight decay. Following nanoGPT, weight decay applies to parameters with two or more
-        dimensions (weight matrices and embeddings), never to biases and LayerNorm parameters.
-    warmup_steps
-        Linear warm-up steps (an int) or fraction of all steps (a float below 1).
-    schedule
-        ``"linear"`` or ``"cosine"`` decay to 0 after warm-up, or ``"constant"``.
-    attention_dropout
-        Apply the model's dropout to attention probabilities while training. ``None`` (default): on CUDA, where
-        fused attention kernels include dropout, but not on CPU or MPS, where dropout inside attention makes
-        PyTorch fall back to unfused attention (a training step takes about 2.5 times as long). Dropout on hidden
-        states is applied either way. ``True`` trains exactly like the reference everywhere.
-    **kwargs
-        Further :class:`scvi.train.TrainingPlan` arguments.
-
-    Examples
-    --------
-    >>> model.train(plan_kwargs={"lr": 1e-4, "schedule": "cosine", "warmup_steps": 500})  # doctest: +SKIP
-    """
-
-    def __init__(
+    def train(
         self,
-        module,
+        max_epochs: int = 1,
         *,
-        lr: float = PLAN_DEFAULTS["lr"],
-        weight_decay: float = PLAN_DEFAULTS["weight_decay"],
-        warmup_steps: int | float = PLAN_DEFAULTS["warmup_steps"],
-        schedule: str = PLAN_DEFAULTS["schedule"],
-        attention_dropout: bool | None = None,
-        **kwargs,
+        mlm_probability: float = 0.15,
+        train_size: float = 0.9,
+        validation_size: float | None = None,
+        checkpoint_dir: str | os.PathLike | None = None,
+        seed: int = 0,
+        plan_kwargs: dict | None = None,
+        execution: Execution | Mapping | None = None,
+        **trainer_kwargs,
     ) -> None:
-        check_plan_kwargs({"lr": lr, "weight_decay": weight_decay, "warmup_steps": warmup_steps, "schedule": schedule})
-        super().__init__(module, lr=lr, weight_decay=weight_decay, optimizer="AdamW", **kwargs)
-        self.warmup_steps = warmup_steps
-        self.schedule = schedule
-        self.attention_dropout = attention_dropout
-        self._attention_dropout_saved: list = []
+        """Masked-gene pretraining (or continued pretraining of a published checkpoint) on the model's data.
 
-    def on_fit_start(self) -> None:
-        """Switch attention-probability dropout off for this run where it is not wanted (see ``attention_dropout``)."""
-        keep = self.device.type == "cuda" if self.attention_dropout is None else self.attention_dropout
-        if keep:
-            return
-        for layer in self.module.mlm.bert.encoder.layer:
-            dropout = layer.attention.self.dropout
-            self._attention_dropout_saved.append((dropout, dropout.p))
-            dropout.p = 0.0
+        Of each cell's gene tokens, ``mlm_probability`` are selected (special tokens and padding never); 80% of those
+        become ``<mask>``, 10% a random gene, 10% stay, and the loss is the cross-entropy of the selected genes,
+        computed only at those positions. Batches hold cells of similar length under the execution's token budget
+        and are padded only to their longest cell. Every encoder parameter and the masked-gene head train.
 
-    def on_fit_end(self) -> None:
-        """Restore the attention dropout that :meth:`on_fit_start` switched off."""
-        for dropout, p in self._attention_dropout_saved:
-            dropout.p = p
-        self._attention_dropout_saved = []
+        Parameters
+        ----------
+        max_epochs
+            Passes over the training cells.
+        mlm_probability
+            Share of gene tokens selected for prediction.
+        train_size, validation_size
+            Shares of encoded cells used for training and validation (the rest is the test set). Validation loss
+            and masked-gene accuracy are logged each epoch when there are validation cells.
+        checkpoint_dir
+            Save a Lightning checkpoint at the end of every epoch here (resume with ``ckpt_path=``).
+        seed
+            Seed of the split, the batch order, the masking and the initial weights of new layers.
+        plan_kwargs
+            Optimiser settings of :class:`~scgeneformer.model.GeneformerTrainingPlan`: ``lr`` (default 5e-5),
+            ``weight_decay`` (0.001), ``warmup_steps`` (0.05: a fraction of all steps, or a number of steps) and
+            ``schedule`` (``"linear"``, ``"cosine"`` or ``"constant"``), ``attention_dropout`` (default: only on
+            CUDA, see :class:`~scgeneformer.model.GeneformerTrainingPlan`).
+        execution
+            Devices, processes, precision and the batch size in padded tokens (:class:`~scgeneformer.Execution`;
+            for training the default budget is 8,192 tokens on CPU and 32,768 on GPUs), e.g.
+            ``{"accelerator": "cuda", "devices": 4, "strategy": "ddp", "precision": "bf16"}``.
+        **trainer_kwargs
+            Further :class:`lightning.pytorch.Trainer` arguments (``gradient_clip_val``, default 1.0; ``callbacks``;
+            ``ckpt_path`` to resume from a checkpoint; ``max_steps`` …).
 
-    def compute_and_log_metrics(self, loss_output, metrics, mode):
-        """Log the task's metrics (``accuracy_train``, ``masked_accuracy_validation`` …), under ``no_grad``.
-
-        scvi-tools' version logs variational (ELBO/KL) metrics that mean nothing for BERT and runs under
-        ``torch.inference_mode``, whose tensors Lightning cannot sync across DDP processes.
+        Examples
+        --------
+        >>> model = sgf.GeneformerModel.from_pretrained("Geneformer-V1-10M", adata)  # doctest: +SKIP
+        >>> model.train(max_epochs=1, plan_kwargs={"lr": 1e-4})  # doctest: +SKIP
         """
-        with torch.no_grad():
-            n_obs = loss_output.n_obs_minibatch
-            for key, value in loss_output.extra_metrics.items():
-                if isinstance(value, torch.Tensor) and value.dim() != 0:
-                    continue  # only scalars are logged
-                value = value.detach() if isinstance(value, torch.Tensor) else value
-                self.log(
-                    f"{key}_{mode}",
-                    value,
-                    on_step=self.on_step,
-                    on_epoch=self.on_epoch,
-                    batch_size=n_obs,
-                    sync_dist=self.use_sync_dist,
-                )
+        task = MaskedGeneTask(mlm_probability=mlm_probability, train_size=train_size, validation_size=validation_size)
+        callbacks = list(trainer_kwargs.pop("callbacks", []))
+        if checkpoint_dir is not None:
+            from lightning.pytorch.callbacks import ModelCheckpoint
 
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """Keep the random state of dropout, so that a resumed run continues like an uninterrupted one."""
-        checkpoint["sgf_torch_rng"] = torch.get_rng_state()
-        if torch.cuda.is_available():
-            checkpoint["sgf_cuda_rng"] = torch.cuda.get_rng_state_all()
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        """Restore what :meth:`on_save_checkpoint` kept."""
-        if "sgf_torch_rng" in checkpoint:
-            torch.set_rng_state(checkpoint["sgf_torch_rng"])
-        if "sgf_cuda_rng" in checkpoint and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(checkpoint["sgf_cuda_rng"])
-
-    def configure_optimizers(self):
-        decay, no_decay = [], []
-        for parameter in self.module.parameters():
-            if parameter.requires_grad:
-                (decay if parameter.dim() >= 2 else no_decay).append(parameter)
-        optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": self.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=self.lr,
-            betas=(0.9, 0.999),
-            eps=1e-8,
+            callbacks.append(ModelCheckpoint(dirpath=checkpoint_dir, save_top_k=-1, every_n_epochs=1))
+        self._fit(
+            task,
+            max_epochs=max_epochs,
+            seed=seed,
+            plan_kwargs=plan_kwargs,
+            execution=execution,
+            callbacks=callbacks,
+            **trainer_kwargs,
         )
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = int(self.warmup_steps * total) if isinstance(self.warmup_steps, float) else int(self.warmup_steps)
-        schedule = self.schedule
 
-        def factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / (warmup + 1)
-            if schedule == "constant":
-                return 1.0
-            progress = min(1.0, (step - warmup) / max(1, total - warmup))
-            return 1.0 - progress if schedule == "linear" else 0.5 * (1 + math.cos(math.pi * progress))
+    def train_classifier(
+        self,
+        max_epochs: int = 10,
+        *,
+        labels_key: str | Sequence[str] | None = None,
+        loss_weights: Sequence[float] | None = None,
+        test_cells: np.ndarray | str | Sequence[str] | None = None,
+        pooling: str | None = None,
+        dropout: float = 0.1,
+        freeze_layers: int = 0,
+        freeze_embeddings: bool = False,
+        group_key: str | None = None,
+        train_size: float = 0.8,
+        validation_size: float = 0.1,
+        early_stopping_patience: int | None = 3,
+        seed: int = 0,
+        plan_kwargs: dict | None = None,
+        execution: Execution | Mapping | None = None,
+        **trainer_kwargs,
+    ) -> dict:
+        """Fine-tune the model to classify cells by an ``.obs`` column, or by several at once (multitask).
 
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        A classification head (dropout and a linear layer) reads the pooled last-layer embedding; with several label
+        columns, one head per column shares the encoder and the loss is the weighted sum of each task's
+        cross-entropy (cells missing a task's label do not count for it). Cells are split
+        into training, validation and test sets, stratified by label or, with ``group_key``, by whole groups (e.g.
+        donors, so that no donor is in two sets). The weights of the epoch with the best validation macro-F1 are
+        kept (training stops after ``early_stopping_patience`` epochs without improvement), then the test set is
+        evaluated. Every argument is checked before the model changes.
 
+        Parameters
+        ----------
+        max_epochs
+            Maximum passes over the training cells.
+        labels_key
+            ``.obs`` column(s) of the labels; default the ``labels_key`` registered with :meth:`setup_anndata`.
+            Several columns train a multitask classifier.
+        loss_weights
+            Multitask: the weight of each task's loss (default 1 each).
+        test_cells
+            Cells held out as the test set (a boolean mask, a boolean ``.obs`` column or obs names), e.g. a
+            cross-validation fold; the other labelled cells are split into training and validation in the ratio
+            ``train_size : validation_size``.
+        pooling
+            ``"mean"`` (default), ``"cls"`` (V2 only), or ``"pooler"`` (classifiers loaded from Hugging Face
+            sequence-classification checkpoints): the embedding the head reads.
+        dropout
+            Dropout before the head.
+        freeze_layers
+            Freeze the first ``freeze_layers`` encoder layers (and, with ``freeze_embeddings``, the embeddings).
+        freeze_embeddings
+            Freeze the embeddings.
+        group_key
+            ``.obs`` column whose groups are kept whole across the splits.
+        train_size, validation_size
+            Shares of labelled cells (or groups) for training and validation; the rest is the test set.
+        early_stopping_patience
+            Stop after this many epochs without a better validation macro-F1 (``None``: never).
+        seed, plan_kwargs, execution, **trainer_kwargs
+            As in :meth:`train`.
 
-class ClassifierTrainingPlan(GeneformerTrainingPlan):
-    """Training plan for cell classification: logs validation macro-F1 and keeps the weights of the best epoch.
+        Returns
+        -------
+        Test-set ``accuracy``, ``macro_f1``, ``confusion_matrix`` (rows: true, columns: predicted), ``classes``,
+        ``n_cells``, ``validation_macro_f1`` (of the kept epoch) and ``test_cells`` (their obs names, e.g. to
+        evaluate or perturb only held-out cells); for a multitask classifier, ``tasks`` holds each task's metrics
+        and ``accuracy``/``macro_f1`` are their means. Also stored in ``model.classification_report_``, with the
+        validation history in ``history_``.
 
-    With several tasks (``n_classes`` a dict), each task's macro-F1 is logged (``validation_macro_f1_<task>``) and
-    their mean selects the best epoch.
-
-    Examples
-    --------
-    >>> report = model.train_classifier(plan_kwargs={"lr": 1e-4})  # builds this plan  # doctest: +SKIP
-    """
-
-    def __init__(self, module, *, n_classes: int | dict[str, int], **kwargs) -> None:
-        super().__init__(module, **kwargs)
-        self.n_classes = n_classes
-        self._predicted: list[torch.Tensor] = []
-        self._true: list[torch.Tensor] = []
-        self.best_macro_f1 = -1.0
-        self.best_state: dict | None = None
-
-    def validation_step(self, batch, batch_idx):
-        _, generative, loss = self.forward(batch, loss_kwargs=self.loss_kwargs)
-        self.log(
-            "validation_loss", loss.loss, on_epoch=True, sync_dist=self.use_sync_dist, batch_size=len(batch["labels"])
+        Examples
+        --------
+        >>> sgf.GeneformerModel.setup_anndata(adata, labels_key="cell_type")  # doctest: +SKIP
+        >>> model = sgf.GeneformerModel.from_pretrained("Geneformer-V1-10M", adata)  # doctest: +SKIP
+        >>> report = model.train_classifier(max_epochs=5, freeze_layers=2)  # doctest: +SKIP
+        """
+        task = CellClassificationTask(
+            labels_key=labels_key if labels_key is None or isinstance(labels_key, str) else list(labels_key),
+            loss_weights=None if loss_weights is None else list(loss_weights),
+            test_cells=test_cells,
+            freeze_layers=freeze_layers,
+            freeze_embeddings=freeze_embeddings,
+            pooling=pooling,
+            dropout=dropout,
+            group_key=group_key,
+            train_size=train_size,
+            validation_size=validation_size,
+            early_stopping_patience=early_stopping_patience,
         )
-        self.compute_and_log_metrics(loss, self.val_metrics, "validation")
-        logits = generative["class_logits"]
-        if isinstance(logits, dict):
-            predicted = torch.stack([task_logits.argmax(-1) for task_logits in logits.values()], dim=1)
-        else:
-            predicted = logits.argmax(-1)
-        self._predicted.append(predicted.detach().cpu())
-        self._true.append(batch["labels"].detach().cpu())
-
-    def on_validation_epoch_end(self) -> None:
-        if not self._true:
-            return
-        from sklearn.metrics import f1_score
-
-        true, predicted = torch.cat(self._true).numpy(), torch.cat(self._predicted).numpy()
-        self._predicted, self._true = [], []
-        sizes = self.n_classes if isinstance(self.n_classes, dict) else {None: self.n_classes}
-        scores = []
-        for column, (task, n) in enumerate(sizes.items()):
-            t, p = (true, predicted) if task is None else (true[:, column], predicted[:, column])
-            labelled = t != -100
-            score = f1_score(t[labelled], p[labelled], labels=np.arange(n), average="macro", zero_division=0)
-            scores.append(float(score))
-            if task is not None:
-                self.log(f"validation_macro_f1_{task}", float(score), sync_dist=self.use_sync_dist)
-        macro_f1 = float(np.mean(scores))
-        self.log("validation_macro_f1", macro_f1, sync_dist=self.use_sync_dist)
-        if macro_f1 > self.best_macro_f1:
-            self.best_macro_f1 = macro_f1
-            self.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in self.module.state_dict().items()})
-
-
-def check_plan_kwargs(plan_kwargs: dict | None, plan_cls: type = GeneformerTrainingPlan) -> dict:
-    """Validate ``plan_kwargs`` (names and values) before anything is trained or changed; returns a copy."""
-    plan_kwargs = dict(plan_kwargs or {})
-    accepted = set(inspect.signature(GeneformerTrainingPlan.__init__).parameters) | set(
-        inspect.signature(TrainingPlan.__init__).parameters
-    )
-    accepted -= {"self", "module", "kwargs", "loss_kwargs", "optimizer", "optimizer_creator"}
-    unknown = sorted(set(plan_kwargs) - accepted)
-    if unknown:
-        msg = (
-            f"Unknown plan_kwargs {unknown}; accepted: lr, weight_decay, warmup_steps, schedule and {sorted(accepted)}."
+        report = self._fit(
+            task, max_epochs=max_epochs, seed=seed, plan_kwargs=plan_kwargs, execution=execution, **trainer_kwargs
         )
-        raise TypeError(msg)
-    lr = plan_kwargs.get("lr", PLAN_DEFAULTS["lr"])
-    if not (isinstance(lr, int | float) and lr > 0):
-        msg = f"lr must be a positive number, got {lr!r}."
-        raise ValueError(msg)
-    weight_decay = plan_kwargs.get("weight_decay", PLAN_DEFAULTS["weight_decay"])
-    if not (isinstance(weight_decay, int | float) and weight_decay >= 0):
-        msg = f"weight_decay must be a non-negative number, got {weight_decay!r}."
-        raise ValueError(msg)
-    warmup = plan_kwargs.get("warmup_steps", PLAN_DEFAULTS["warmup_steps"])
-    if isinstance(warmup, bool) or not (
-        isinstance(warmup, int) and warmup >= 0 or isinstance(warmup, float) and 0 <= warmup < 1
-    ):
-        msg = f"warmup_steps must be a number of steps (int >= 0) or a fraction of all steps in [0, 1), got {warmup!r}."
-        raise ValueError(msg)
-    schedule = plan_kwargs.get("schedule", PLAN_DEFAULTS["schedule"])
-    if schedule not in SCHEDULES:
-        msg = f"schedule must be one of {SCHEDULES}, got {schedule!r}."
-        raise ValueError(msg)
-    return plan_kwargs
+        self.classification_report_ = report
+        return report
 
+    def train_gene_classifier(
+        self,
+        gene_labels: Mapping[str, Sequence[str]] | str | GeneLabels,
+        *,
+        max_epochs: int = 1,
+        dropout: float = 0.1,
+        freeze_layers: int = 0,
+        freeze_embeddings: bool = False,
+        validation_size: float = 0.1,
+        n_cells: int | None = None,
+        seed: int = 0,
+        plan_kwargs: dict | None = None,
+        execution: Execution | Mapping | None = None,
+        **trainer_kwargs,
+    ) -> None:
+        """Fine-tune the model to classify genes (token classification) on the model's data.
 
-def train_runner(model, **kwargs):
-    """scvi-tools' ``TrainRunner`` whose Trainer takes Lightning checkpoint callbacks without adding scvi-tools' own.
+        A gene-classification head (dropout and a linear layer) reads the last-layer hidden state of every gene
+        token. The model trains on the encoded cells that hold at least one labelled gene; the loss is the
+        cross-entropy of the labelled genes' classes at their positions (other genes and special tokens are
+        unlabelled). Of those cells, ``validation_size`` are held out to log the validation loss and gene accuracy.
+        Predict with :meth:`predict_genes` or :func:`scgeneformer.tl.classify_genes`; estimate how well genes of
+        unseen labels are classified with :func:`scgeneformer.tl.gene_classification_cv`.
 
-    A ``ModelCheckpoint`` requires ``enable_checkpointing=True``, and with it scvi-tools' Trainer adds a
-    ``SaveCheckpoint`` that saves model folders into ``./scvi_log`` (the working directory) and switches the module
-    between modes. Only the checkpoints asked for are wanted: they are added after the Trainer is built.
-    """
-    from lightning.pytorch.callbacks import Checkpoint
-    from scvi.train import Trainer, TrainRunner
+        Parameters
+        ----------
+        gene_labels
+            ``{class: [genes]}``, genes named as in ``var_names`` or in the ``gene_id_key`` column used by
+            :func:`~scgeneformer.pp.rank_encode` (Ensembl IDs with or without version suffix, any case); the
+            name of a ``.var`` column holding each gene's class (missing values: unlabelled); or
+            :class:`~scgeneformer.model.GeneLabels` already resolved on these data.
+        max_epochs
+            Passes over the training cells (the reference trains gene classifiers for one epoch).
+        dropout, freeze_layers, freeze_embeddings
+            As in :meth:`train_classifier`.
+        validation_size
+            Share of the cells held out for validation.
+        n_cells
+            Use a random subset of at most this many of the cells holding labelled genes (all by default).
+        seed, plan_kwargs, execution, **trainer_kwargs
+            As in :meth:`train`.
 
-    checkpoints = [c for c in kwargs.get("callbacks", []) if isinstance(c, Checkpoint)]
-    if checkpoints:
-        kwargs["callbacks"] = [c for c in kwargs["callbacks"] if not isinstance(c, Checkpoint)]
-        kwargs["enable_checkpointing"] = False
+        Examples
+        --------
+        >>> labels = {"sensitive": ["GATA4", "TBX5"], "insensitive": ["CEBPZ", "RBBP5"]}
+        >>> model.train_gene_classifier(labels)  # doctest: +SKIP
+        """
+        task = GeneClassificationTask(
+            freeze_layers=freeze_layers,
+            freeze_embeddings=freeze_embeddings,
+            gene_labels=gene_labels,
+            dropout=dropout,
+            validation_size=validation_size,
+            n_cells=n_cells,
+        )
+        self._fit(
+            task, max_epochs=max_epochs, seed=seed, plan_kwargs=plan_kwargs, execution=execution, **trainer_kwargs
+        )
 
-    class CheckpointingTrainer(Trainer):
-        def __init__(self, *args, **trainer_kwargs) -> None:
-            super().__init__(*args, **trainer_kwargs)
-            self.callbacks.extend(checkpoints)  # Lightning runs checkpoint callbacks last, as here
+    def _fit(
+        self,
+        task: TrainingTask,
+        *,
+        max_epochs: int,
+        seed: int,
+        plan_kwargs: dict | None,
+        execution: Execution | Mapping | None,
+        **trainer_kwargs,
+    ) -> Any:
+        """Train ``task`` on the model's data through scvi-tools' TrainRunner (Lightning); returns the task's report.
 
-    class Runner(TrainRunner):
-        _trainer_cls = CheckpointingTrainer
+        Every check runs first; the model changes only once the task's head is installed.
+        """
+        if self.module.quantized:
+            msg = (
+                "A quantized model is for inference: fine-tune the full-precision model (with `add_lora()` to train "
+                "few parameters), save it, and quantize the result for inference."
+            )
+            raise ValueError(msg)
+        if self.training_data is None:
+            msg = (
+                "This model has no training data: create it with encoded data, e.g. "
+                "`GeneformerModel.from_pretrained(name, adata)` or `model.copy(adata)`."
+            )
+            raise ValueError(msg)
+        info = self.encoding_info()
+        plan_kwargs = check_plan_kwargs(plan_kwargs)
+        execution = Execution.coerce(execution)
+        task.validate(self)
+        prepared = task.prepare(self, info, seed)
 
-    return Runner(model, **kwargs)
+        # -- from here on the model changes -------------------------------------------------------------------
+        torch.manual_seed(seed)
+        task.install(self)
+        task.set_trainable(self.module)
+        collator = TokenCollator(info, vocab_size=self.module.config.vocab_size, seed=seed, **prepared.targets)
+        data = TokenDataModule(
+            info,
+            collator=collator,
+            split=prepared.split,
+            token_budget=execution.token_budget_for(training=True),
+            max_cells=execution.batch_size,
+            seed=seed,
+            num_workers=execution.num_workers,
+        )
+        plan = task.make_plan(self.module, plan_kwargs)
+        trainer_kwargs["callbacks"] = [*trainer_kwargs.get("callbacks", []), *task.callbacks(prepared)]
+        trainer_kwargs.setdefault("gradient_clip_val", 1.0)
+        defaults = trainer_defaults(len(data.train_dataloader().batch_sampler))
+        defaults["enable_progress_bar"] = execution.show_progress  # explicit trainer arguments still win
+        trainer_kwargs = defaults | trainer_kwargs
+        if data.n_val:
+            trainer_kwargs.setdefault("check_val_every_n_epoch", 1)
+        was_trained, was_training = self.is_trained_, self.module.training
+        if not self.history_:
+            # scvi-tools extends an existing history only; a model's first training records a fresh one
+            self.is_trained_ = False
+        self.module.train()  # dropout on while fitting, as in the reference's Trainer
+        try:
+            # The batch sampler splits batches across processes itself: Lightning must not inject a sampler.
+            with lightning_run():
+                train_runner(
+                    self,
+                    training_plan=plan,
+                    data_splitter=data,
+                    max_epochs=max_epochs,
+                    use_distributed_sampler=False,
+                    **execution.trainer_kwargs(),
+                    **trainer_kwargs,
+                )()
+        except BaseException:
+            self.is_trained_ = was_trained
+            raise
+        finally:
+            plan.on_fit_end()  # restores attention dropout also when the run stopped with an error (idempotent)
+            self.module.train(was_training)
+        self.checkpoint = f"{self.checkpoint} + {task.stage}" if self.checkpoint else task.stage
+        # Saved with the model, so that a loaded model still says where its weights came from.
+        self.init_params_["non_kwargs"]["checkpoint"] = self.checkpoint
+        return task.finish(self, plan, info, prepared, execution)
+
+    def trainable_parameters(self) -> tuple[int, int]:
+        """``(trainable, total)`` parameter counts as the next training would set them (with the current heads).
+
+        Examples
+        --------
+        >>> model.add_lora(r=8)  # doctest: +SKIP
+        >>> trainable, total = model.trainable_parameters()  # doctest: +SKIP
+        """
+        parameters = list(self.module.parameters())
+        flags = [p.requires_grad for p in parameters]
+        TrainingTask().set_trainable(self.module)  # LoRA-aware: adapters and heads only when adapters exist
+        trainable = sum(p.numel() for p in parameters if p.requires_grad)
+        for p, flag in zip(parameters, flags, strict=True):
+            p.requires_grad = flag
+        return trainable, sum(p.numel() for p in parameters)

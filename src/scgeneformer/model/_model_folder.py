@@ -1,4 +1,4 @@
-"""Saving and loading fine-tuned models: safetensors weights and a JSON description, written atomically.
+"""The folder of a saved model: safetensors weights and a JSON description, written atomically and read safely.
 
 A saved model is a folder holding ``model.json`` (the model's parameters, training history and report, and the name
 and sha256 of its weights file) and ``model-<sha256 prefix>.safetensors``. The weights are written first, under a
@@ -13,21 +13,46 @@ import hashlib
 import json
 import os
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .._utils._files import UnsafeContentError, write_text_atomic
+from .._version import __version__
 
 if TYPE_CHECKING:
-    from anndata import AnnData
-
-    from ._model import GeneformerModel
+    import torch
 
 MODEL_FILE = "model.json"
 FORMAT = "scgeneformer.GeneformerModel"
 FORMAT_VERSION = 1
+
+
+@dataclass
+class ModelRecord:
+    """What ``model.json`` records of a model besides its weights, in plain values.
+
+    Attributes
+    ----------
+    init_params
+        The model's constructor arguments (``init_params_["non_kwargs"]``): it is rebuilt from them.
+    setup_args
+        Arguments of ``setup_anndata`` of the data the model was set up on (``None``: no data).
+    is_trained
+        Whether the model was trained.
+    history
+        Training history: name → DataFrame (``None``: none recorded).
+    classification_report
+        Test-set report of a trained cell classifier.
+    """
+
+    init_params: dict
+    setup_args: dict | None = None
+    is_trained: bool = False
+    history: dict | None = None
+    classification_report: dict | None = None
 
 
 def _plain(value: Any) -> Any:
@@ -89,13 +114,16 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def save_model(
-    model: GeneformerModel, dir_path: str | os.PathLike, *, overwrite: bool = False, prefix: str = ""
+def write_model_folder(
+    dir_path: str | os.PathLike,
+    module: torch.nn.Module,
+    record: ModelRecord,
+    *,
+    overwrite: bool = False,
+    prefix: str = "",
 ) -> Path:
-    """Write ``model`` into ``dir_path`` (see the module's description); returns the path of its ``model.json``."""
+    """Write ``module``'s weights and ``record`` into ``dir_path`` (see above); returns the path of ``model.json``."""
     from safetensors.torch import save_file
-
-    from .._version import __version__
 
     folder = Path(dir_path)
     description = folder / f"{prefix}{MODEL_FILE}"
@@ -103,7 +131,7 @@ def save_model(
         msg = f"{description} exists already; pass overwrite=True to replace it."
         raise ValueError(msg)
     folder.mkdir(parents=True, exist_ok=True)
-    state, tied = _untied_state(model.module)
+    state, tied = _untied_state(module)
     temporary = folder / f".{prefix}model.safetensors.tmp-{uuid.uuid4().hex[:12]}"
     try:
         save_file(state, temporary, metadata={"format": "pt"})
@@ -115,7 +143,7 @@ def save_model(
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
-    report = getattr(model, "classification_report_", None)
+    report = record.classification_report
     payload = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -123,10 +151,10 @@ def save_model(
         "weights": weights.name,
         "weights_sha256": digest,
         "tied_weights": tied,
-        "init_params": _plain(model.init_params_["non_kwargs"]),
-        "setup_args": _plain(model.registry_.get("setup_args", {})) if model.adata is not None else None,
-        "is_trained": bool(model.is_trained_),
-        "history": _history_to_json(model.history_),
+        "init_params": _plain(record.init_params),
+        "setup_args": None if record.setup_args is None else _plain(record.setup_args),
+        "is_trained": bool(record.is_trained),
+        "history": _history_to_json(record.history),
         "classification_report": None if report is None else _plain(report),
     }
     write_text_atomic(description, json.dumps(payload, indent=1))
@@ -172,8 +200,27 @@ def read_description(folder: Path, prefix: str = "") -> dict:
     return payload
 
 
-def load_model(cls, dir_path: str | os.PathLike, adata: AnnData | None = None, *, prefix: str = ""):
-    """A model saved by :func:`save_model`, on the CPU, optionally set up on ``adata``."""
+@dataclass
+class SavedModel:
+    """A saved model as read from its folder: the weights file, its tensors (tied ones restored) and the record."""
+
+    weights_file: Path
+    state: dict[str, torch.Tensor]
+    record: ModelRecord
+
+    def load_into(self, module: torch.nn.Module) -> None:
+        """Put the weights into ``module``, the model rebuilt from the record; raise if they do not fit it."""
+        missing, unexpected = module.load_state_dict(self.state, strict=False)
+        if missing or unexpected:
+            msg = (
+                f"{self.weights_file} does not fit the saved model: missing {sorted(missing)[:5]}, extra "
+                f"{sorted(unexpected)[:5]}."
+            )
+            raise ValueError(msg)
+
+
+def read_model_folder(dir_path: str | os.PathLike, prefix: str = "") -> SavedModel:
+    """A folder written by :func:`write_model_folder`, its weights checked against the sha256 of ``model.json``."""
     from safetensors.torch import load_file
 
     folder = Path(dir_path)
@@ -192,24 +239,16 @@ def load_model(cls, dir_path: str | os.PathLike, adata: AnnData | None = None, *
         raise ValueError(msg) from e
     for alias, name in payload.get("tied_weights", {}).items():
         state[alias] = state[name]
-    from .._data._corpus import Corpus
-
-    if adata is not None and not isinstance(adata, Corpus) and payload.get("setup_args") is not None:
-        cls.setup_anndata(adata, **payload["setup_args"])
-    model = cls(adata, **payload["init_params"])
-    missing, unexpected = model.module.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        msg = f"{weights} does not fit the saved model: missing {sorted(missing)[:5]}, extra {sorted(unexpected)[:5]}."
-        raise ValueError(msg)
-    model.module.eval()
-    model.checkpoint = payload["init_params"].get("checkpoint")
-    model.is_trained_ = payload.get("is_trained", False)
-    model.history_ = _history_from_json(payload.get("history", {}))
     report = payload.get("classification_report")
     if report is not None:
         for key in ("confusion_matrix", "test_cells"):
             if key in report:
                 report[key] = np.asarray(report[key])
-        model.classification_report_ = report
-    model._model_summary_string = model._summary()
-    return model
+    record = ModelRecord(
+        init_params=payload["init_params"],
+        setup_args=payload.get("setup_args"),
+        is_trained=payload.get("is_trained", False),
+        history=_history_from_json(payload.get("history", {})),
+        classification_report=report,
+    )
+    return SavedModel(weights, state, record)

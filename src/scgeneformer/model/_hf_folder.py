@@ -1,4 +1,4 @@
-"""Reading published and Hugging Face checkpoints, and what a model needs when it is not set up on data."""
+"""Reading Hugging Face model folders (published checkpoints and others): config, weights and classification heads."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from .._settings import logger
@@ -18,25 +17,6 @@ from .._utils._files import UnsafeContentError
 VOCABULARY_BY_SIZE = {25_426: "V1", 20_275: "V2"}
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 _LAYER = re.compile(r"encoder\.layer\.(\d+)\.")
-
-
-def data_free_registry(model_name: str) -> dict:
-    """A minimal registry for a model that is not set up on any AnnData (scvi-tools needs one)."""
-    import scvi
-
-    return {
-        "scvi_version": scvi.__version__,
-        "model_name": model_name,
-        "setup_method_name": "setup_anndata",
-        "setup_args": {},
-        "field_registries": {
-            "X": {
-                "data_registry": {},
-                "state_registry": {"column_names": np.array([], dtype=object)},
-                "summary_stats": {},
-            }
-        },
-    }
 
 
 def weight_shapes(folder: Path) -> dict[str, tuple[int, ...]]:
@@ -51,8 +31,6 @@ def weight_shapes(folder: Path) -> dict[str, tuple[int, ...]]:
 
             with safe_open(safetensors_file, framework="pt") as f:
                 return {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
-        import torch
-
         state = torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True, mmap=True)
         return {name: tuple(tensor.shape) for name, tensor in state.items()}
     except Exception as e:  # safetensors, torch.load and pickle raise various types
