@@ -236,7 +236,7 @@ def embed(args) -> dict:
         before = memory.rss_mib()
         start = time.perf_counter()
         embeddings = model.get_embeddings(
-            corpus.adata, np.arange(n), layer=1, execution={"accelerator": "cpu", "progress_bar": False}
+            corpus, np.arange(n), layer=1, execution={"accelerator": "cpu", "progress_bar": False}
         )
         seconds = time.perf_counter() - start
     assert np.isfinite(embeddings.cells).all()

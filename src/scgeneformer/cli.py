@@ -2,17 +2,28 @@
 
 Each command reads a file, runs the function of the same name of the Python API with the same options, and writes
 the result atomically (a temporary file renamed into place). Messages and progress go to stderr; errors print their
-text and exit with status 1 (2 for bad command-line usage).
+text and exit with status 1 (2 for bad command-line usage). The commands that run a model declare their own options
+only; :func:`model_command` adds the input, output, model, encoding and execution options they share.
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations``: typer reads the commands' annotations, which must be objects, not strings
+# (model_command keeps only those and replaces the rest).
+import functools
+import inspect
 import sys
-from enum import Enum, StrEnum
+from collections.abc import Callable
+from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+    from mudata import MuData
+
+    from ._compute._execution import Execution
+    from .model import GeneformerModel
 
 app = typer.Typer(
     name="scgeneformer",
@@ -38,27 +49,67 @@ class Precision(StrEnum):
     fp16 = "16"
 
 
-def _execution(accelerator, devices, strategy, precision, token_budget, batch_size, progress):
+def _parameter(name: str, annotation, default=inspect.Parameter.empty) -> inspect.Parameter:
+    # Keyword-only: click passes every value by name, and required options may then follow optional ones.
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+
+
+#: The command-line options of :class:`~scgeneformer.Execution`, shared by every command that runs a model.
+EXECUTION_OPTIONS = tuple(
+    _parameter(name, Annotated[kind, option], default)
+    for name, kind, default, option in [
+        ("accelerator", str, "auto", typer.Option(help="auto, cpu, cuda or mps.")),
+        ("devices", int, 1, typer.Option(help="Devices (processes) to spread the work over (Lightning).")),
+        ("strategy", str, "auto", typer.Option(help="Lightning strategy with several devices, e.g. ddp.")),
+        ("precision", Precision, Precision.auto, typer.Option(help="Numerical precision.")),
+        ("token_budget", int | None, None, typer.Option(help="Padded tokens per batch (default by device).")),
+        ("batch_size", int | None, None, typer.Option(help="At most this many cells per batch.")),
+        ("progress", bool, True, typer.Option("--progress/--no-progress", help="Progress bars on stderr.")),
+    ]
+)
+#: The file and model a model command reads (before its own options) and the encoding it reads (after them).
+_FILE_AND_MODEL = (_parameter("input", Input), _parameter("output", Output), _parameter("model", Model))
+_ENCODING_KEY = _parameter(
+    "encoding_key", Annotated[str, typer.Option(help="key_added of the encoding.")], "geneformer"
+)
+
+
+def model_command(run_tool: Callable[..., None]) -> Callable[..., None]:
+    """A command that runs a model on a file, from a function that runs the tool on data already read.
+
+    ``run_tool(data, model, <its own options>, *, encoding_key, execution)`` declares only its own options. The
+    command takes INPUT, ``--output`` and ``--model`` before them, ``--encoding-key`` and the
+    :data:`EXECUTION_OPTIONS` after them; it reads INPUT, loads the model, calls ``run_tool`` (the execution options
+    arrive as one :class:`~scgeneformer.Execution`) and writes the data to ``--output``.
+    """
+    shared = {"data", "model", "encoding_key", "execution"}
+    own = [p for p in inspect.signature(run_tool).parameters.values() if p.name not in shared]
+
+    @functools.wraps(run_tool)
+    def command(*, input: Path, output: Path, model: str, encoding_key: str, **options) -> None:
+        execution = _execution(**{p.name: options.pop(p.name) for p in EXECUTION_OPTIONS})
+        data = _read(input)
+        run_tool(data, _load_model(model), **options, encoding_key=encoding_key, execution=execution)
+        _write(data, output)
+
+    parameters = [*_FILE_AND_MODEL, *(p.replace(kind=p.KEYWORD_ONLY) for p in own), _ENCODING_KEY, *EXECUTION_OPTIONS]
+    command.__signature__ = inspect.Signature(parameters, return_annotation=None)
+    command.__annotations__ = {p.name: p.annotation for p in parameters}  # what typer reads, resolved
+    return command
+
+
+def _execution(accelerator, devices, strategy, precision, token_budget, batch_size, progress) -> "Execution":
     import scgeneformer as sgf
 
     return sgf.Execution(
         accelerator=accelerator,
-        devices=None if devices in (None, 1) else devices,
+        devices=None if devices == 1 else devices,
         strategy=strategy,
-        precision=precision.value if isinstance(precision, Enum) else precision,
+        precision=precision.value,
         token_budget=token_budget,
         batch_size=batch_size,
         progress_bar=progress,
     )
-
-
-Accelerator = Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")]
-Devices = Annotated[int, typer.Option(help="Devices (processes) to spread the work over (Lightning).")]
-Strategy = Annotated[str, typer.Option(help="Lightning strategy with several devices, e.g. ddp.")]
-PrecisionOption = Annotated[Precision, typer.Option(help="Numerical precision.")]
-TokenBudget = Annotated[int | None, typer.Option(help="Padded tokens per batch (default by device).")]
-BatchSize = Annotated[int | None, typer.Option(help="At most this many cells per batch.")]
-Progress = Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bars on stderr.")]
 
 
 def _read(path: Path):
@@ -137,76 +188,56 @@ def encode(
 
 
 @app.command()
+@model_command
 def embed(
-    input: Input,
-    output: Output,
-    model: Model,
+    data: "AnnData | MuData",
+    model: "GeneformerModel",
     layer: Annotated[int, typer.Option(help="Hidden state: -1 second to last, 0 last, k>0 layer k.")] = -1,
     pooling: Annotated[str, typer.Option(help="mean or cls (V2).")] = "mean",
     key_added: Annotated[
         str, typer.Option(help="Name of the results: obsm['X_<name>'], uns['<name>_embed'].")
     ] = "geneformer",
     gene_embeddings: Annotated[bool, typer.Option(help="Also write gene embeddings into .varm.")] = False,
-    encoding_key: Annotated[str, typer.Option(help="key_added of the encoding.")] = "geneformer",
-    accelerator: Accelerator = "auto",
-    devices: Devices = 1,
-    strategy: Strategy = "auto",
-    precision: PrecisionOption = Precision.auto,
-    token_budget: TokenBudget = None,
-    batch_size: BatchSize = None,
-    progress: Progress = True,
+    *,
+    encoding_key: str,
+    execution: "Execution",
 ) -> None:
     """Cell (and gene) embeddings (sgf.tl.embed)."""
     import scgeneformer as sgf
 
-    data = _read(input)
     sgf.tl.embed(
         data,
-        _load_model(model),
+        model,
         layer=layer,
         pooling=pooling,
         key_added=key_added,
         gene_embeddings=gene_embeddings,
         encoding_key=encoding_key,
-        execution=_execution(accelerator, devices, strategy, precision, token_budget, batch_size, progress),
+        execution=execution,
     )
-    _write(data, output)
 
 
 @app.command()
+@model_command
 def annotate(
-    input: Input,
-    output: Output,
-    model: Model,
+    data: "AnnData | MuData",
+    model: "GeneformerModel",
     key_added: Annotated[str, typer.Option(help="obs key of the labels.")] = "geneformer_label",
-    encoding_key: Annotated[str, typer.Option(help="key_added of the encoding.")] = "geneformer",
-    accelerator: Accelerator = "auto",
-    devices: Devices = 1,
-    strategy: Strategy = "auto",
-    precision: PrecisionOption = Precision.auto,
-    token_budget: TokenBudget = None,
-    batch_size: BatchSize = None,
-    progress: Progress = True,
+    *,
+    encoding_key: str,
+    execution: "Execution",
 ) -> None:
     """Cell labels from a fine-tuned classifier (sgf.tl.annotate)."""
     import scgeneformer as sgf
 
-    data = _read(input)
-    sgf.tl.annotate(
-        data,
-        _load_model(model),
-        key_added=key_added,
-        encoding_key=encoding_key,
-        execution=_execution(accelerator, devices, strategy, precision, token_budget, batch_size, progress),
-    )
-    _write(data, output)
+    sgf.tl.annotate(data, model, key_added=key_added, encoding_key=encoding_key, execution=execution)
 
 
 @app.command()
+@model_command
 def perturb(
-    input: Input,
-    output: Output,
-    model: Model,
+    data: "AnnData | MuData",
+    model: "GeneformerModel",
     genes: Annotated[
         list[str] | None, typer.Option("--gene", "-g", help="Gene perturbed (repeat for a set); default: all genes.")
     ] = None,
@@ -223,14 +254,9 @@ def perturb(
     vocabulary: Annotated[str | None, typer.Option(help="Dictionaries naming the genes.")] = None,
     key_added: Annotated[str, typer.Option(help="uns key of the results.")] = "geneformer_perturb",
     table: Annotated[Path | None, typer.Option(help="Also write the per-cell table as CSV.")] = None,
-    encoding_key: Annotated[str, typer.Option(help="key_added of the encoding.")] = "geneformer",
-    accelerator: Accelerator = "auto",
-    devices: Devices = 1,
-    strategy: Strategy = "auto",
-    precision: PrecisionOption = Precision.auto,
-    token_budget: TokenBudget = None,
-    batch_size: BatchSize = None,
-    progress: Progress = True,
+    *,
+    encoding_key: str,
+    execution: "Execution",
 ) -> None:
     """In silico perturbation (sgf.tl.perturb); results in .uns[key_added]."""
     import scgeneformer as sgf
@@ -239,10 +265,9 @@ def perturb(
     if any(v is not None for v in (state_key, start_state, goal_state)) or alt_state:
         states = {"state_key": state_key, "start_state": start_state, "goal_state": goal_state}
         states["alt_states"] = list(alt_state or [])
-    data = _read(input)
     sgf.tl.perturb(
         data,
-        _load_model(model),
+        model,
         genes or "all",
         perturbation=perturbation,
         states=states,
@@ -254,9 +279,8 @@ def perturb(
         vocabulary=vocabulary,
         key_added=key_added,
         encoding_key=encoding_key,
-        execution=_execution(accelerator, devices, strategy, precision, token_budget, batch_size, progress),
+        execution=execution,
     )
-    _write(data, output)
     if table is not None:
         from ._data._anndata import resolve_adata
         from ._utils._files import atomic_write
@@ -323,3 +347,8 @@ def main(argv: list[str] | None = None) -> None:
         text = e.args[0] if isinstance(e, KeyError) and e.args and isinstance(e.args[0], str) else str(e)
         typer.echo(f"error: {text}", err=True)
         sys.exit(1)
+
+
+def demo_main(argv: list[str] | None = None) -> None:
+    """Entry point of ``sgf-demo``: the ``demo`` command."""
+    main(["demo", *(argv or [])])

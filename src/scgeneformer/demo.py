@@ -75,14 +75,3 @@ def _load_model(name: str, local_files: Path | None):
             raise
         print(f"offline: the published {name} weights are not available here; using the test checkpoint {fallback}")
         return sgf.GeneformerModel.from_pretrained(fallback)
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Entry point of ``sgf-demo``: the ``demo`` command of the command line."""
-    from .cli import main as cli_main
-
-    cli_main(["demo", *(argv or [])])
-
-
-if __name__ == "__main__":
-    main()

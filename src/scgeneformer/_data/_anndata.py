@@ -1,4 +1,8 @@
-"""Access to the expression matrix of AnnData/MuData objects: modality resolution and chunked reading."""
+"""The data a tool receives (an AnnData, a MuData modality or a corpus) and access to its expression matrix.
+
+A tool writes its results into :func:`resolve_adata` and reads the encoding from :func:`encoding_of`: for a corpus
+these are its annotation AnnData and the corpus itself, which travels as the object the caller passed.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +11,23 @@ from typing import TYPE_CHECKING
 import numpy as np
 import scipy.sparse as sp
 
+from ._encoding import EncodingInfo
+
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
     from anndata import AnnData
     from mudata import MuData
 
+    from ._corpus import Corpus
 
-def resolve_adata(data: AnnData | MuData, mod: str = "rna") -> AnnData:
-    """Return ``data`` itself for an AnnData, its ``mod`` modality for a MuData, or a corpus's results AnnData."""
+
+def resolve_adata(data: AnnData | MuData | Corpus, mod: str = "rna") -> AnnData:
+    """The AnnData that results go into.
+
+    ``data`` itself for an AnnData, its ``mod`` modality for a MuData, or a corpus's annotation AnnData
+    (:attr:`~scgeneformer.Corpus.adata`).
+    """
     from anndata import AnnData
 
     if isinstance(data, AnnData):
@@ -32,6 +44,23 @@ def resolve_adata(data: AnnData | MuData, mod: str = "rna") -> AnnData:
         return mods[mod]
     msg = f"Expected an AnnData, a MuData or an sgf.Corpus (sgf.read_corpus), got {type(data).__name__}."
     raise TypeError(msg)
+
+
+def encoding_of(data: AnnData | MuData | Corpus, key: str = "geneformer", mod: str = "rna") -> EncodingInfo | Corpus:
+    """The encoding the models read from ``data``.
+
+    A corpus is its own encoding; an AnnData (or the ``mod`` modality of a MuData) gives its :class:`EncodingInfo`
+    for ``key_added=key``. Callers pass the data they received, not :func:`resolve_adata`'s result: a corpus's
+    annotation AnnData holds no encoding.
+    """
+    from ._corpus import Corpus
+
+    if isinstance(data, Corpus):
+        if data.key != key:
+            msg = f"The corpus was read with key={data.key!r}, not {key!r}: pass encoding_key={data.key!r}."
+            raise KeyError(msg)
+        return data
+    return EncodingInfo(resolve_adata(data, mod), key)
 
 
 def get_matrix(adata: AnnData, layer: str | None):

@@ -287,18 +287,5 @@ def assemble_sequences(
     return flat, offsets
 
 
-def encoding_of(adata: AnnData, key: str = "geneformer"):
-    """The encoding the models read for ``adata``: its :class:`EncodingInfo`, or the corpus whose results it holds."""
-    corpus = getattr(adata, "_sgf_corpus", None)
-    if corpus is not None and corpus.key == key:
-        return corpus
-    return EncodingInfo(adata, key)
-
-
 def _csr(rows) -> sp.csr_matrix:
     return rows if isinstance(rows, sp.csr_matrix) else sp.csr_matrix(rows)
-
-
-def sequences_for(info: EncodingInfo, positions) -> list[np.ndarray]:
-    """Token sequences of the cells at ``positions`` (see :meth:`EncodingInfo.sequences`)."""
-    return info.sequences(positions)

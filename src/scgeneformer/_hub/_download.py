@@ -2,7 +2,8 @@
 
 Published files are fetched through :mod:`pooch` into the cache, from a local copy when there is one. Their paths
 are relative to the root of the Hugging Face repository ``ctheodoris/Geneformer`` at the commit pinned in
-:mod:`scgeneformer._settings`; sizes and sha256 are those of the upstream files (Git LFS object ids). Other Hugging
+:mod:`scgeneformer._settings`; sizes and sha256 are those of the upstream files (Git LFS object ids). Files published
+elsewhere (the ortholog table) take the same path with their own address (``fetch(file, url=...)``). Other Hugging
 Face model repositories are downloaded whole through ``huggingface_hub`` (:func:`hub_snapshot`).
 """
 
@@ -36,11 +37,13 @@ class DownloadError(RuntimeError):
     """A published file could not be downloaded or failed its integrity check."""
 
 
-def fetch(file: RemoteFile, *, base_url: str | None = None, progressbar: bool = False) -> Path:
+def fetch(file: RemoteFile, *, base_url: str | None = None, url: str | None = None, progressbar: bool = False) -> Path:
     """Return the local path of ``file``, from the cache, from ``sgf.settings.local_files`` or downloaded.
 
-    A copy under ``sgf.settings.local_files`` with the right size and sha256 is copied into the cache instead of
-    downloading. Downloads go to a temporary file that only replaces the cached copy once its sha256 matches, so an
+    ``file.path`` is where the file lies in the cache and below ``base_url`` (default ``sgf.settings.hub_url``); a
+    file published elsewhere is downloaded from its full address ``url`` instead. A copy under
+    ``sgf.settings.local_files`` with the right size and sha256 is copied into the cache instead of downloading.
+    Downloads go to a temporary file that only replaces the cached copy once its sha256 matches, so an
     interrupted or corrupted download never leaves a broken file in the cache.
     """
     pooch = import_pooch()
@@ -53,10 +56,11 @@ def fetch(file: RemoteFile, *, base_url: str | None = None, progressbar: bool = 
         path=settings.cache_dir,
         base_url=base_url or settings.hub_url,
         registry={file.path: f"sha256:{file.sha256}"},
+        urls=None if url is None else {file.path: url},
         retry_if_failed=1,
     )
-    url = cache.get_url(file.path)
-    logger.debug("fetching %s from %s into %s", file.path, url, settings.cache_dir)
+    address = cache.get_url(file.path)
+    logger.debug("fetching %s from %s into %s", file.path, address, settings.cache_dir)
     # A timeout so that a firewalled or offline machine fails fast instead of hanging.
     if progressbar and settings.progress_bar:
         from .._utils._progress import progress_bar
@@ -69,16 +73,17 @@ def fetch(file: RemoteFile, *, base_url: str | None = None, progressbar: bool = 
         with pooch_at_our_verbosity():
             return Path(cache.fetch(file.path, downloader=downloader))
     except ValueError as e:  # pooch raises ValueError on a hash mismatch
+        check = f"Check `sgf.settings.hub_url` ({settings.hub_url!r})" if url is None else "Check the address"
         msg = (
-            f"The file downloaded from {url} does not have the expected sha256 {file.sha256}; it was discarded and "
-            f"nothing was cached. Check `sgf.settings.hub_url` ({settings.hub_url!r}) or try again later."
+            f"The file downloaded from {address} does not have the expected sha256 {file.sha256}; it was discarded "
+            f"and nothing was cached. {check} or try again later."
         )
         raise DownloadError(msg) from e
     except Exception as e:
         where = settings.local_files
         msg = (
-            f"Could not download {url} ({type(e).__name__}: {e}). Offline? Point `sgf.settings.local_files` (or the "
-            f"environment variable SGF_LOCAL_FILES) at a folder holding a copy of {Path(file.path).name} (any "
+            f"Could not download {address} ({type(e).__name__}: {e}). Offline? Point `sgf.settings.local_files` (or "
+            f"the environment variable SGF_LOCAL_FILES) at a folder holding a copy of {Path(file.path).name} (any "
             f"layout; checked by sha256"
             + (f"; none was found in {where}" if where is not None else "")
             + f"), or place it at {Path(settings.cache_dir) / file.path}."

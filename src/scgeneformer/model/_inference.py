@@ -15,8 +15,8 @@ import torch
 
 from .._compute._engine import InferenceResults, gene_token_mask, run_inference
 from .._compute._execution import Execution
-from .._data._anndata import resolve_adata
-from .._data._encoding import EncodingInfo, encoding_of
+from .._data._anndata import encoding_of
+from .._data._encoding import EncodingInfo
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -79,7 +79,7 @@ class InferenceMixin:
                 )
                 raise ValueError(msg)
             adata = self.adata
-        info = encoding_of(resolve_adata(adata, mod), key)
+        info = encoding_of(adata, key, mod)
         self.check_encoding(info)
         return info
 

