@@ -171,9 +171,10 @@ class GeneformerModel(PretrainedMixin, SaveLoadMixin, TrainingMixin, LoraMixin, 
         >>> sgf.GeneformerModel.setup_anndata(adata, labels_key="cell_type")  # doctest: +SKIP
         >>> model = sgf.GeneformerModel.from_pretrained("Geneformer-V1-10M", adata)  # doctest: +SKIP
         """
+        # First, as scvi-tools requires: the arguments are read from locals() and saved with the model.
+        setup_method_args = cls._get_setup_method_args(**locals())
         EncodingInfo(adata, encoding_key)  # raises if the data are not encoded
         keys = encoding_keys(encoding_key)
-        setup_method_args = cls._get_setup_method_args(**locals())
         fields = [
             LayerField("X", keys.ranks, is_count_data=False),
             NumericalObsField("length", keys.n_tokens),
