@@ -83,6 +83,19 @@ def test_save_load_roundtrip_and_corruption(tmp_path):
         sgf.GeneformerModel.load(tmp_path / "saved")
 
 
+def test_model_saved_with_data_loads_with_data(tmp_path):
+    vocab = make_vocabulary("V1")
+    adata = encoded_counts(vocab)
+    sgf.GeneformerModel.setup_anndata(adata)
+    torch.manual_seed(0)
+    model = sgf.GeneformerModel(adata, bert_config=tiny_bert_config(vocab), vocabulary="V1")
+    model.save(tmp_path / "saved", save_anndata=True)
+    loaded = sgf.GeneformerModel.load(tmp_path / "saved", adata)
+    sgf.tl.embed(adata, model)
+    sgf.tl.embed(adata, loaded, key_added="again")
+    np.testing.assert_array_equal(adata.obsm["X_geneformer"], adata.obsm["X_again"])
+
+
 def test_published_checkpoint_download_through_pooch(tmp_path, isolated_settings, monkeypatch):
     """A registered checkpoint is fetched from a hub (here 127.0.0.1), verified, cached and loaded."""
     source = shared_path("golden", "checkpoints", "tiny_v1", "model.safetensors")
