@@ -53,7 +53,7 @@ _LAZY = {
     "read_corpus": ("._data._corpus", "read_corpus"),
     "Execution": ("._compute._execution", "Execution"),
     "GeneformerModel": (".model", "GeneformerModel"),
-    "list_models": (".model", "list_models"),
+    "list_models": ("._hub._checkpoints", "list_models"),
     "Vocabulary": (".vocabulary", "Vocabulary"),
     "get_vocabulary": (".vocabulary", "get_vocabulary"),
 }
