@@ -4,14 +4,20 @@ Each command reads a file, runs the function of the same name of the Python API 
 the result atomically (a temporary file renamed into place). Messages and progress go to stderr; errors print their
 text and exit with status 1 (2 for bad command-line usage). The commands that run a model declare their own options
 only; :func:`model_command` adds the input, output, model, encoding and execution options they share.
+
+Before any work, :func:`check_paths` checks every file a command reads and writes: inputs are ``.h5ad``/``.h5mu``
+HDF5 files, the data output's suffix names the format written (``.h5ad`` or ``.h5mu``), tables are ``.csv``/``.tsv``
+and never overwrite an AnnData file (the input, the output, or an existing HDF5 file), no two outputs are one file,
+and every output can be written (not a folder, its folder exists or can be created, writable).
 """
 
 # No ``from __future__ import annotations``: typer reads the commands' annotations, which must be objects, not strings
 # (model_command keeps only those and replaces the rest).
 import functools
 import inspect
+import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -34,7 +40,12 @@ app = typer.Typer(
 )
 
 Input = Annotated[Path, typer.Argument(help="Input .h5ad (or .h5mu) file.", exists=True, dir_okay=False)]
-Output = Annotated[Path, typer.Option("--output", "-o", help="Output .h5ad/.h5mu file (may be the input).")]
+Output = Annotated[
+    Path,
+    typer.Option(
+        "--output", "-o", help="Output .h5ad or .h5mu file (may be the input); the suffix names the format written."
+    ),
+]
 Model = Annotated[
     str, typer.Option("--model", "-m", help="Published checkpoint name, Hugging Face folder or saved model folder.")
 ]
@@ -74,20 +85,31 @@ _ENCODING_KEY = _parameter(
 )
 
 
-def model_command(run_tool: Callable[..., None]) -> Callable[..., None]:
+def model_command(run_tool: Callable[..., None] | None = None, *, tables: Sequence[str] = ()) -> Callable[..., None]:
     """A command that runs a model on a file, from a function that runs the tool on data already read.
 
     ``run_tool(data, model, <its own options>, *, encoding_key, execution)`` declares only its own options. The
     command takes INPUT, ``--output`` and ``--model`` before them, ``--encoding-key`` and the
-    :data:`EXECUTION_OPTIONS` after them; it reads INPUT, loads the model, calls ``run_tool`` (the execution options
-    arrive as one :class:`~scgeneformer.Execution`) and writes the data to ``--output``.
+    :data:`EXECUTION_OPTIONS` after them; it checks the paths (:func:`check_paths`), reads INPUT, loads the model,
+    calls ``run_tool`` (the execution options arrive as one :class:`~scgeneformer.Execution`) and writes the data to
+    ``--output``. Used as ``@model_command`` or ``@model_command(tables=[...])``.
+
+    Parameters
+    ----------
+    run_tool
+        The function running the tool.
+    tables
+        Its options naming table files it writes (checked with the outputs before any work).
     """
+    if run_tool is None:
+        return functools.partial(model_command, tables=tables)
     shared = {"data", "model", "encoding_key", "execution"}
     own = [p for p in inspect.signature(run_tool).parameters.values() if p.name not in shared]
 
     @functools.wraps(run_tool)
     def command(*, input: Path, output: Path, model: str, encoding_key: str, **options) -> None:
         execution = _execution(**{p.name: options.pop(p.name) for p in EXECUTION_OPTIONS})
+        check_paths([input], {"--output": output}, {_option_name(t): options[t] for t in tables})
         data = _read(input)
         run_tool(data, _load_model(model), **options, encoding_key=encoding_key, execution=execution)
         _write(data, output)
@@ -112,25 +134,153 @@ def _execution(accelerator, devices, strategy, precision, token_budget, batch_si
     )
 
 
+def _option_name(parameter: str) -> str:
+    return "--" + parameter.replace("_", "-")
+
+
+#: Data formats read and written, by suffix: what the file holds.
+DATA_FORMATS = {".h5ad": "AnnData", ".h5mu": "MuData"}
+#: Table formats written (``perturb --table``, ``stats --output``), by suffix: their column separator.
+TABLE_FORMATS = {".csv": ",", ".tsv": "\t"}
+#: Suffixes of AnnData stores that a table must never replace (besides any existing HDF5 file).
+ANNDATA_SUFFIXES = (*DATA_FORMATS, ".zarr", ".loom", ".h5")
+
+
+def check_paths(
+    inputs: Sequence[Path | None], outputs: Mapping[str, Path], tables: Mapping[str, Path | None] | None = None
+) -> None:
+    """Check, before any work, the files a command reads and writes; raise with what to do.
+
+    Parameters
+    ----------
+    inputs
+        Data files read (``None``: an optional input not given): each must be a ``.h5ad`` or ``.h5mu`` HDF5 file
+        holding what its suffix names (an ``.h5ad`` file is not a MuData, an ``.h5mu`` file is one).
+    outputs
+        Data files written, by option name: the suffix names the format (``.h5ad``, or ``.h5mu``: an AnnData input
+        is wrapped in a MuData with the modality ``rna``); a MuData input is not written as ``.h5ad``.
+    tables
+        Table files written, by option name (``None``: not asked for): ``.csv`` or ``.tsv``; never an input or a
+        data output, an AnnData name (``.h5ad``, ``.h5mu``, ``.zarr`` …) or an existing HDF5 file or folder.
+
+    Every output must be writable (:func:`~scgeneformer._utils._files.check_writable`) and no two outputs may be the
+    same file. Inputs may be written over by a data output (``-o`` may be the input).
+    """
+    from ._utils._files import check_writable
+
+    given = [path for path in inputs if path is not None]
+    for path in given:
+        _check_input(path)
+    mudata_in = any(path.suffix == ".h5mu" for path in given)
+    for option, path in outputs.items():
+        check_writable(path, option)
+        if path.suffix not in DATA_FORMATS:
+            advice = " (.zarr stores are not written here: convert the .h5ad with anndata)" if path.suffix else ""
+            msg = (
+                f"{option} {path}: the suffix names the format written, .h5ad (AnnData) or .h5mu (MuData); "
+                f"{path.suffix or 'no suffix'} is not one of them{advice}."
+            )
+            raise ValueError(msg)
+        if mudata_in and path.suffix == ".h5ad":
+            msg = (
+                f"{option} {path}: the input is a MuData (.h5mu); write it as .h5mu, an .h5ad file holds one modality."
+            )
+            raise ValueError(msg)
+    tables = {option: path for option, path in (tables or {}).items() if path is not None}
+    written = list(outputs.items())
+    for option, path in tables.items():
+        check_writable(path, option)
+        if path.suffix in ANNDATA_SUFFIXES:
+            msg = f"{option} {path}: a table is never written over an AnnData file ({path.suffix}); give a .csv path."
+            raise ValueError(msg)
+        for other_option, other in [*(("input", p) for p in given), *written]:
+            if _same_file(path, other):
+                msg = (
+                    f"{option} {path} is the same file as {other_option} {other}: a table never overwrites another "
+                    "file of the command; give it a .csv path of its own."
+                )
+                raise ValueError(msg)
+        if path.suffix not in TABLE_FORMATS:
+            msg = f"{option} {path}: tables are written as .csv or .tsv; {path.suffix or 'no suffix'} is neither."
+            raise ValueError(msg)
+        if _is_hdf5(path):
+            msg = f"{option} {path} holds HDF5 data (an AnnData file?): a table never overwrites it."
+            raise ValueError(msg)
+        written.append((option, path))
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    if a.exists() and b.exists():
+        return os.path.samefile(a, b)
+    return a.resolve() == b.resolve()
+
+
+def _is_hdf5(path: Path) -> bool:
+    import h5py
+
+    return path.is_file() and h5py.is_hdf5(path)
+
+
+def _check_input(path: Path) -> None:
+    import h5py
+
+    if not path.is_file():
+        msg = f"{path} does not exist or is not a file."
+        raise FileNotFoundError(msg)
+    if path.suffix not in DATA_FORMATS:
+        msg = f"{path}: the command line reads .h5ad (AnnData) and .h5mu (MuData) files."
+        raise ValueError(msg)
+    if not h5py.is_hdf5(path):
+        msg = f"{path} is not a readable {path.suffix} file: it is not HDF5 (a CSV or text file named {path.suffix}?)."
+        raise ValueError(msg)
+    with h5py.File(path, "r") as f:
+        is_mudata = isinstance(f.get("mod"), h5py.Group)
+    if is_mudata != (path.suffix == ".h5mu"):
+        holds = "a MuData (it has modalities): name it .h5mu" if is_mudata else "no MuData modalities: name it .h5ad"
+        msg = f"{path} is not a readable {path.suffix} file: it holds {holds}."
+        raise ValueError(msg)
+
+
 def _read(path: Path):
+    """The data of an ``.h5ad``/``.h5mu`` file (checked by :func:`check_paths`), or an error naming it."""
     if path.suffix == ".h5mu":
         import mudata
 
-        return mudata.read_h5mu(path)
-    import anndata
+        read = mudata.read_h5mu
+    else:
+        import anndata
 
-    return anndata.read_h5ad(path)
+        read = anndata.read_h5ad
+    try:
+        return read(path)
+    except Exception as e:  # any failure to read is told with the file's name
+        msg = f"{path} is not a readable {path.suffix} file ({type(e).__name__}: {e})."
+        raise ValueError(msg) from e
 
 
 def _write(data, path: Path) -> None:
+    """Write ``data`` atomically in the format ``path``'s suffix names (an AnnData into ``.h5mu``: modality ``rna``)."""
     from ._utils._files import atomic_path
 
+    is_mudata = type(data).__name__ == "MuData"
+    if path.suffix == ".h5mu" and not is_mudata:
+        import mudata
+
+        data, is_mudata = mudata.MuData({"rna": data}), True
     with atomic_path(path) as temporary:
-        if type(data).__name__ == "MuData":
+        if is_mudata:
             data.write_h5mu(temporary)
         else:
             data.write_h5ad(temporary)
     typer.echo(f"wrote {path}", err=True)
+
+
+def _write_table(table, path: Path) -> None:
+    """Write a DataFrame atomically as CSV or TSV (by ``path``'s suffix), without its index."""
+    from ._utils._files import atomic_write
+
+    with atomic_write(path, "w", encoding="utf-8", newline="") as f:
+        table.to_csv(f, index=False, sep=TABLE_FORMATS[path.suffix])
 
 
 def _load_model(name: str):
@@ -171,6 +321,7 @@ def encode(
     """Rank-value encode cells (sgf.pp.rank_encode)."""
     import scgeneformer as sgf
 
+    check_paths([input], {"--output": output})
     data = _read(input)
     sgf.pp.rank_encode(
         data,
@@ -234,7 +385,7 @@ def annotate(
 
 
 @app.command()
-@model_command
+@model_command(tables=["table"])
 def perturb(
     data: "AnnData | MuData",
     model: "GeneformerModel",
@@ -253,7 +404,7 @@ def perturb(
     gene_shifts: Annotated[bool, typer.Option(help="Also report every other gene's shift.")] = False,
     vocabulary: Annotated[str | None, typer.Option(help="Dictionaries naming the genes.")] = None,
     key_added: Annotated[str, typer.Option(help="uns key of the results.")] = "geneformer_perturb",
-    table: Annotated[Path | None, typer.Option(help="Also write the per-cell table as CSV.")] = None,
+    table: Annotated[Path | None, typer.Option(help="Also write the per-cell table (.csv or .tsv).")] = None,
     *,
     encoding_key: str,
     execution: "Execution",
@@ -283,16 +434,14 @@ def perturb(
     )
     if table is not None:
         from ._data._anndata import resolve_adata
-        from ._utils._files import atomic_write
 
-        with atomic_write(table, "w", encoding="utf-8") as f:
-            resolve_adata(data).uns[key_added]["cells"].to_csv(f, index=False)
+        _write_table(resolve_adata(data).uns[key_added]["cells"], table)
 
 
 @app.command()
 def stats(
     input: Input,
-    output: Annotated[Path, typer.Option("--output", "-o", help="CSV file of the statistics.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Table of the statistics (.csv or .tsv).")],
     mode: Annotated[str, typer.Option(help="goal_state_shift, vs_null, mixture_model, aggregate_data, ...")],
     key: Annotated[str, typer.Option(help="uns key of the perturbation results.")] = "geneformer_perturb",
     null: Annotated[Path | None, typer.Option(help="File with the null run's results (vs_null).")] = None,
@@ -301,13 +450,11 @@ def stats(
     """Statistics of perturbation results (sgf.tl.perturbation_stats), as CSV."""
     import scgeneformer as sgf
 
-    from ._utils._files import atomic_write
-
+    check_paths([input, null], {}, {"--output": output})
     table = sgf.tl.perturbation_stats(
         _read(input), mode, key=key, null=None if null is None else _read(null), alpha=alpha, inplace=False
     )
-    with atomic_write(output, "w", encoding="utf-8") as f:
-        table.to_csv(f, index=False)
+    _write_table(table, output)
     typer.echo(f"wrote {output} ({len(table)} rows)", err=True)
 
 

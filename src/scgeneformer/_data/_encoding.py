@@ -24,6 +24,10 @@ DEFAULT_PAD_ID = 0
 DEFAULT_MASK_ID = 1
 
 
+class InvalidTokensError(ValueError):
+    """Token ids that are not integers of the vocabulary (checked before any is converted or used)."""
+
+
 class EncodingKeys(NamedTuple):
     """Where :func:`~scgeneformer.pp.rank_encode` stores an encoding made with ``key_added``."""
 
@@ -133,7 +137,7 @@ class EncodingInfo(SequenceLayout):
         self.mask_id = int(params.get("mask_id", DEFAULT_MASK_ID))
         default_first = 1 + max(self.pad_id, self.mask_id, self.cls_id, self.eos_id)
         self.first_gene_id = int(params.get("first_gene_id", default_first))
-        self.var_token = adata.var[keys.token].to_numpy(dtype=np.int64)
+        self.var_token = _token_column(adata.var[keys.token], f"var[{keys.token!r}]", self.first_gene_id)
         self.lengths = adata.obs[keys.n_tokens].to_numpy(dtype=np.int64)
 
     @classmethod
@@ -166,7 +170,10 @@ class EncodingInfo(SequenceLayout):
                 raise KeyError(msg)
             obs, var = read_elem(group["obs"]), read_elem(group["var"])
             adata = ad.AnnData(obs=obs, var=var, uns={keys.uns: read_elem(group["uns"][keys.uns])})
-            info = cls(adata, key, ranks=sparse_dataset(group["layers"][keys.ranks]))
+            try:
+                info = cls(adata, key, ranks=sparse_dataset(group["layers"][keys.ranks]))
+            except InvalidTokensError as e:
+                raise InvalidTokensError(f"{path}: {e}") from None
         except BaseException:
             if handle is not None:
                 handle.close()
@@ -285,6 +292,37 @@ def assemble_sequences(
         flat[offsets[:-1][encoded]] = cls_id
         flat[offsets[1:][encoded] - 1] = eos_id
     return flat, offsets
+
+
+def _token_column(column, name: str, first_gene_id: int) -> np.ndarray:
+    """The genes' token ids of ``.var`` column ``column`` as int64: -1 (no token) or gene ids, checked, not cast.
+
+    Floating-point ids must be whole numbers and every id fit in int32 (the sequences' type): nothing is truncated
+    or wrapped.
+    """
+    import pandas as pd
+
+    integers = pd.api.types.is_integer_dtype(column.dtype)
+    if not (integers or pd.api.types.is_float_dtype(column.dtype)):
+        msg = f"{name} must hold integer token ids, got {column.dtype}; run `sgf.pp.rank_encode` again."
+        raise InvalidTokensError(msg)
+    if column.isna().any():
+        msg = f"{name} holds missing token ids; genes without a token hold -1. Run `sgf.pp.rank_encode` again."
+        raise InvalidTokensError(msg)
+    values = column.to_numpy(dtype=np.int64 if integers else np.float64)
+    if not integers:
+        bad = np.flatnonzero(~np.isfinite(values) | (values != np.round(values)))
+        if len(bad):
+            msg = f"{name} holds token id {values[bad[0]].item()}, which is not an integer."
+            raise InvalidTokensError(msg)
+    bad = np.flatnonzero(((values < first_gene_id) & (values != -1)) | (values > np.iinfo(np.int32).max))
+    if len(bad):
+        msg = (
+            f"{name} holds token id {values[bad[0]].item()} (gene {column.index[bad[0]]!r}): gene token ids start "
+            f"at {first_gene_id} (-1: no token) and fit in 32 bits. Run `sgf.pp.rank_encode` again."
+        )
+        raise InvalidTokensError(msg)
+    return values.astype(np.int64)
 
 
 def _csr(rows) -> sp.csr_matrix:

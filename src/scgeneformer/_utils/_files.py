@@ -35,6 +35,49 @@ def _fsync_directory(folder: Path) -> None:
             os.close(fd)
 
 
+def check_writable(path: str | os.PathLike, what: str = "output") -> Path:
+    """Raise unless ``path`` can be written by :func:`atomic_path`; nothing is created.
+
+    ``path`` must not be a folder (or anything but a regular file, if it exists) nor a read-only file, and its
+    folder must exist or be creatable (the nearest existing parent is a folder this process may write into).
+
+    Parameters
+    ----------
+    path
+        The file to be written.
+    what
+        What the file is, for the error messages (``"output"``, ``"--table"``, …).
+
+    Returns
+    -------
+    ``path`` as a :class:`~pathlib.Path`.
+
+    Examples
+    --------
+    >>> check_writable("results/embedded.h5ad")  # doctest: +SKIP
+    """
+    path = Path(path)
+    if path.is_dir():
+        msg = f"{what} {path} is a folder; give the path of a file to write."
+        raise IsADirectoryError(msg)
+    if path.exists() and not path.is_file():
+        msg = f"{what} {path} exists and is not a regular file; give the path of a file to write."
+        raise FileExistsError(msg)
+    if path.exists() and not os.access(path, os.W_OK):
+        msg = f"{what} {path} is read-only; it is not replaced."
+        raise PermissionError(msg)
+    parent = path.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        msg = f"{what} {path}: cannot create its folder, {parent} is a file."
+        raise NotADirectoryError(msg)
+    if not os.access(parent, os.W_OK | os.X_OK):
+        msg = f"{what} {path}: no permission to write into {parent}."
+        raise PermissionError(msg)
+    return path
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """A temporary path beside ``path`` to write to; it replaces ``path`` when the block completes.

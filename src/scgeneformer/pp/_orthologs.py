@@ -217,8 +217,10 @@ def _best_orthologs(frame: pd.DataFrame, *, one_to_one: bool) -> pd.Series:
     rows["_one2one"] = rows[_TYPE].astype(str) == "ortholog_one2one"
     if one_to_one:
         rows = rows[rows["_one2one"]]
-    rows["_confidence"] = pd.to_numeric(rows.get(_CONFIDENCE, 0), errors="coerce").fillna(0)
-    rows["_order"] = pd.to_numeric(rows.get(_ORDER, 0), errors="coerce").fillna(0)
+    # The confidence and gene-order columns are optional: a table without them ranks by homology type only.
+    for column, name in ((_CONFIDENCE, "_confidence"), (_ORDER, "_order")):
+        values = rows[column] if column in rows.columns else pd.Series(0, index=rows.index)
+        rows[name] = pd.to_numeric(values, errors="coerce").fillna(0)
     rows = rows.sort_values(["_one2one", "_confidence", "_order"], ascending=False, kind="stable")
     rows[_MOUSE_ID] = rows[_MOUSE_ID].astype(str).str.upper()
     first = rows.drop_duplicates(_MOUSE_ID)

@@ -11,6 +11,7 @@ import numpy as np
 
 from .._encoding import EncodingInfo
 from ._base import Corpus
+from ._identity import FileStamp, changed, check_stamp, file_stamp
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -29,6 +30,13 @@ class EncodedFiles(Corpus):
         parameters are read), or AnnData objects.
     key
         The ``key_added`` of the encoding.
+
+    Notes
+    -----
+    Files are opened to read their annotations, closed, and reopened lazily (by each data-loader worker too). Each
+    reopening checks that the file is the one read at first: same size and modification time (a ``.zarr`` store:
+    those of its groups), then the same encoding (version, special tokens) and the same lengths. A replaced file
+    raises an error (a ``RuntimeError``) naming it: call ``sgf.read_corpus`` again.
     """
 
     def __init__(self, sources: Sequence[str | os.PathLike | AnnData], key: str = "geneformer") -> None:
@@ -40,6 +48,9 @@ class EncodedFiles(Corpus):
             raise ValueError(msg)
         self.sources = [s if is_anndata(s) else Path(s) for s in sources]
         self._parts: list[EncodingInfo | None] = [None] * len(self.sources)
+        # Stamped before the first reading: a file replaced while it is read is caught when it is next opened.
+        self._stamps: list[FileStamp | None] = [None if is_anndata(s) else _stamp_of(s) for s in self.sources]
+        self.starts: np.ndarray | None = None  # set once every part has been read: reopened parts are compared
         infos = [self._part(i) for i in range(len(self.sources))]
         first = infos[0]
         for source, info in zip(self.sources[1:], infos[1:], strict=True):
@@ -56,9 +67,30 @@ class EncodedFiles(Corpus):
         part = self._parts[i]
         if part is None:
             source = self.sources[i]
-            part = EncodingInfo(source, self.key) if is_anndata(source) else EncodingInfo.open(source, self.key)
+            if is_anndata(source):
+                part = EncodingInfo(source, self.key)
+            else:
+                stamp = self._stamps[i]
+                if stamp is not None and self.starts is not None:
+                    check_stamp(source, stamp)
+                part = EncodingInfo.open(source, self.key)
+                if self.starts is not None:
+                    self._check_reopened(i, part)
             self._parts[i] = part
         return part
+
+    def _check_reopened(self, i: int, part: EncodingInfo) -> None:
+        """Raise if part ``i``, opened again, differs from what the corpus read (encoding, lengths)."""
+        differing = [f for f in SHARED_FIELDS if getattr(part, f) != getattr(self, f)]
+        what = ", ".join(f"{f} {getattr(self, f)} -> {getattr(part, f)}" for f in differing)
+        expected = self.lengths[self.starts[i] : self.starts[i + 1]]
+        if not what and part.n_cells != len(expected):
+            what = f"{len(expected)} -> {part.n_cells} cells"
+        elif not what and not np.array_equal(part.lengths, expected):
+            what = "the cells' encoded lengths differ"
+        if what:
+            part.close()
+            raise changed(self.sources[i], what)
 
     def _in_memory_parts(self) -> list[EncodingInfo | None]:
         """The parts without files of their own (AnnData objects): the ones a process may share."""
@@ -112,6 +144,14 @@ def _check_compatible(first: EncodingInfo, other: EncodingInfo, name: str) -> No
         details = ", ".join(f"{f}: {getattr(first, f)} vs {getattr(other, f)}" for f in differing)
         msg = f"{name} was encoded differently from the first part of the corpus ({details}); encode all alike."
         raise ValueError(msg)
+
+
+def _stamp_of(path: Path) -> FileStamp:
+    try:
+        return file_stamp(path)
+    except FileNotFoundError:
+        msg = f"{path} does not exist."
+        raise FileNotFoundError(msg) from None
 
 
 def _label(source) -> str:
