@@ -23,6 +23,8 @@ def annotate(
     model: GeneformerModel,
     *,
     key_added: str = "geneformer_label",
+    min_probability: float | None = None,
+    unknown_label: str = "unknown",
     encoding_key: str = "geneformer",
     execution: Execution | Mapping | None = None,
     mod: str = "rna",
@@ -41,6 +43,13 @@ def annotate(
         A fine-tuned classifier.
     key_added
         Where the results go (see Returns).
+    min_probability
+        Label cells whose most probable class has a lower probability than this ``unknown_label`` instead (e.g.
+        ``0.5``: cells the classifier is unsure about, such as cell types it was not trained on). ``None``
+        (default): every encoded cell gets its most probable class.
+    unknown_label
+        The label of those uncertain cells; a category of ``.obs[key_added]`` (after the classes) when
+        ``min_probability`` is given. Must not be one of the classes.
     encoding_key, execution, mod
         As in :func:`scgeneformer.tl.embed`.
     copy
@@ -51,13 +60,14 @@ def annotate(
     ``None``, or the copy when ``copy=True``. Written keys:
 
     ``.obs[key_added]``
-        Predicted label (categorical; NaN for cells that were not encoded).
+        Predicted label (categorical; NaN for cells that were not encoded; ``unknown_label`` for cells below
+        ``min_probability``).
     ``.obs[f"{key_added}_probability"]``
-        Its probability.
+        The probability of the most probable class (also for cells labelled ``unknown_label``).
     ``.obsm[f"{key_added}_probabilities"]``
         A DataFrame of every class's probability (a ``/`` in a class name becomes ``_`` in its column name).
     ``.uns[key_added]``
-        Parameters and classes.
+        Parameters (with ``min_probability`` when given) and classes.
 
     With a multitask classifier, each task ``t`` gets these keys as ``f"{key_added}_{t}"`` (``obs``, its
     ``_probability`` and ``obsm`` ``_probabilities``), and ``uns[key_added]["classes"]`` maps tasks to classes.
@@ -67,9 +77,13 @@ def annotate(
     >>> sgf.pp.rank_encode(query, vocabulary="V1")  # doctest: +SKIP
     >>> sgf.tl.annotate(query, model)  # doctest: +SKIP
     >>> query.obs["geneformer_label"].value_counts()  # doctest: +SKIP
+    >>> sgf.tl.annotate(query, model, min_probability=0.7)  # unsure cells: "unknown"  # doctest: +SKIP
     """
     import pandas as pd
 
+    if min_probability is not None and not 0 <= min_probability <= 1:
+        msg = f"min_probability must be between 0 and 1, got {min_probability}."
+        raise ValueError(msg)
     if copy:
         data = copy_data(data)
     adata = resolve_adata(data, mod)
@@ -77,6 +91,9 @@ def annotate(
     multitask = isinstance(predicted, dict)
     tasks = predicted if multitask else {None: predicted}
     keys = dict(zip(tasks, writable_names(list(tasks)), strict=True)) if multitask else {None: None}
+    if min_probability is not None and any(unknown_label in p.columns for p in tasks.values()):
+        msg = f"unknown_label {unknown_label!r} is one of the classes; choose another name."
+        raise ValueError(msg)
     for task, probabilities in tasks.items():
         key = key_added if task is None else f"{key_added}_{keys[task]}"
         values = probabilities.to_numpy()
@@ -84,15 +101,22 @@ def annotate(
         encoded = ~np.isnan(values).any(1)
         codes = np.full(adata.n_obs, -1)
         codes[encoded] = values[encoded].argmax(1)
-        adata.obs[key] = pd.Categorical.from_codes(codes, categories=classes)
         best = np.full(adata.n_obs, np.nan, dtype=np.float32)
         best[encoded] = values[encoded].max(1)
+        categories = classes
+        if min_probability is not None:
+            categories = [*classes, unknown_label]
+            codes[encoded & (best < min_probability)] = len(classes)
+        adata.obs[key] = pd.Categorical.from_codes(codes, categories=categories)
         adata.obs[f"{key}_probability"] = best
         # class names with "/" cannot be column names in h5ad/zarr files; uns[key_added]["classes"] keeps them
         adata.obsm[f"{key}_probabilities"] = probabilities.set_axis(writable_names(classes), axis=1)
     classes = {keys[t]: list(p.columns) for t, p in tasks.items()} if multitask else list(predicted.columns)
+    params = {"model": model.checkpoint or "", "encoding_key": encoding_key}
+    if min_probability is not None:
+        params |= {"min_probability": float(min_probability), "unknown_label": unknown_label}
     adata.uns[key_added] = {
-        "params": {"model": model.checkpoint or "", "encoding_key": encoding_key},
+        "params": params,
         "classes": classes,
     }
     return data if copy else None

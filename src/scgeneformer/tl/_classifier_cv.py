@@ -1,6 +1,7 @@
-"""``sgf.tl.cell_classification_cv`` and ``sgf.tl.hyperparameter_search`` for cell classifiers.
+"""``sgf.tl.cell_classification_cv``, ``sgf.tl.baseline_classification_cv`` and ``sgf.tl.hyperparameter_search``.
 
-Cross-validation says how well a classifier generalises (to new cells, or new donors); the search says which
+Cross-validation says how well a classifier generalises (to new cells, or new donors), and whether fine-tuning
+Geneformer beats logistic regression on the usual representations in the same folds; the search says which
 fine-tuning settings make it best.
 """
 
@@ -31,6 +32,135 @@ def _labels_of(adata: AnnData, labels_key: str | Sequence[str]) -> tuple[list[st
     return keys, adata.obs[keys[0]].astype(str).to_numpy()
 
 
+def cv_folds(
+    adata: AnnData,
+    label_key: str,
+    *,
+    n_folds: int,
+    group_key: str | None,
+    seed: int,
+    encoding_key: str | None = None,
+) -> np.ndarray:
+    """The test fold of each cell (``-1``: not in any fold), as :func:`cell_classification_cv` makes them.
+
+    The cells with a label (and, with ``encoding_key``, encoded) are split into ``n_folds`` folds, stratified by label
+    (:class:`~sklearn.model_selection.StratifiedKFold`) or keeping each group whole
+    (:class:`~sklearn.model_selection.StratifiedGroupKFold`), shuffled by ``seed``.
+    """
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
+    usable = adata.obs[label_key].notna().to_numpy()
+    if encoding_key is not None:
+        usable &= adata.obs[f"{encoding_key}_n_tokens"].to_numpy() > 0
+    usable = np.flatnonzero(usable)
+    labels = adata.obs[label_key].astype(str).to_numpy()[usable]
+    if n_folds < 2:
+        msg = f"n_folds must be at least 2, got {n_folds}."
+        raise ValueError(msg)
+    if group_key is not None:
+        if group_key not in adata.obs.columns:
+            msg = f"group_key {group_key!r} is not an .obs column."
+            raise KeyError(msg)
+        groups = adata.obs[group_key].astype(str).to_numpy()[usable]
+        if len(np.unique(groups)) < n_folds:
+            msg = f"group_key {group_key!r} has {len(np.unique(groups))} groups: fewer than n_folds={n_folds}."
+            raise ValueError(msg)
+        folds = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed).split(usable, labels, groups)
+    else:
+        folds = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed).split(usable, labels)
+    test_fold = np.full(adata.n_obs, -1, dtype=np.int64)
+    for fold, (_, test) in enumerate(folds):
+        test_fold[usable[test]] = fold
+    return test_fold
+
+
+#: Baseline representations computed from the counts; any other name is an ``.obsm`` key.
+_COMPUTED = ("pca", "hvg")
+
+
+def _baseline_methods(baseline: bool | str | Sequence[str] | None) -> list[str]:
+    if baseline is None or baseline is False:
+        return []
+    if baseline is True:
+        return ["pca"]
+    return [baseline] if isinstance(baseline, str) else list(baseline)
+
+
+def _check_representations(adata: AnnData, representations: Sequence[str], layer: str | None) -> None:
+    if layer is not None and layer not in adata.layers and any(r in _COMPUTED for r in representations):
+        msg = f"layer {layer!r} is not in .layers; available: {list(adata.layers)}."
+        raise KeyError(msg)
+    missing = [r for r in representations if r not in _COMPUTED and r not in adata.obsm]
+    if missing:
+        msg = (
+            f"Baseline representations {missing} are neither {list(_COMPUTED)} nor .obsm keys; "
+            f"available: {list(adata.obsm)}."
+        )
+        raise KeyError(msg)
+
+
+def _baseline_table(
+    adata: AnnData,
+    labels: np.ndarray,
+    test_fold: np.ndarray,
+    representations: Sequence[str],
+    *,
+    layer: str | None,
+    seed: int,
+    n_top_genes: int = 2000,
+    n_comps: int = 50,
+) -> pd.DataFrame:
+    """Logistic regression on each representation, trained on each fold's other cells and tested on the fold."""
+    import pandas as pd
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import accuracy_score, f1_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from ._baselines import highly_variable, hvg_pca, log_normalized
+
+    usable = np.flatnonzero(test_fold >= 0)
+    classes = sorted(np.unique(labels[usable]))
+    lognorm = log_normalized(adata, layer, usable) if any(r in _COMPUTED for r in representations) else None
+    obs_names = adata.obs_names.to_numpy()[usable]
+    rows = []
+    for representation in representations:
+        if representation not in _COMPUTED:
+            features_all = np.asarray(adata.obsm[representation])[usable]
+            if not np.isfinite(features_all).all():
+                msg = f"obsm[{representation!r}] has non-finite values in cells of the folds."
+                raise ValueError(msg)
+        for fold in range(int(test_fold.max()) + 1):
+            test = test_fold[usable] == fold
+            train = np.flatnonzero(~test)
+            if representation == "pca":
+                features = hvg_pca(lognorm, fit=train, n_top_genes=n_top_genes, n_comps=n_comps, seed=seed)
+            elif representation == "hvg":
+                features = lognorm[:, highly_variable(lognorm, train, n_top_genes)]
+            else:
+                features = features_all
+            classifier = make_pipeline(
+                StandardScaler(with_mean=representation != "hvg"),
+                LogisticRegression(max_iter=1000, random_state=seed),
+            )
+            classifier.fit(features[train], labels[usable][train])
+            true, predicted = labels[usable][test], classifier.predict(features[test])
+            rows.append(
+                {
+                    "method": f"logreg_{representation}",
+                    "fold": fold,
+                    "n_train": len(train),
+                    "n_validation": 0,
+                    "n_test": int(test.sum()),
+                    "accuracy": float(accuracy_score(true, predicted)),
+                    "macro_f1": float(f1_score(true, predicted, labels=classes, average="macro", zero_division=0)),
+                    "validation_macro_f1": float("nan"),
+                    "test_cells": list(obs_names[test]),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
 def cell_classification_cv(
     data: AnnData | MuData,
     model: GeneformerModel,
@@ -39,6 +169,8 @@ def cell_classification_cv(
     n_folds: int = 5,
     group_key: str | None = None,
     seed: int = 0,
+    baseline: bool | str | Sequence[str] = False,
+    layer: str | None = None,
     key_added: str = "geneformer_cv",
     encoding_key: str = "geneformer",
     execution: Execution | Mapping | None = None,
@@ -69,6 +201,14 @@ def cell_classification_cv(
         ``.obs`` column of groups kept whole (donors, batches).
     seed
         Seed of the folds and of each fold's training.
+    baseline
+        Also train logistic regression in the same folds (on all of each fold's other cells), as
+        :func:`baseline_classification_cv` does: ``True`` on the PCA of log-normalised highly variable genes
+        (``"pca"``), or the representation(s) to use: ``"pca"``, ``"hvg"`` (the log-normalised highly variable genes
+        themselves) or ``.obsm`` keys (e.g. ``"X_geneformer"``: a linear probe of the frozen embedding). Genes and
+        components are chosen on each fold's training cells only.
+    layer
+        Layer with the raw counts for the ``"pca"``/``"hvg"`` baselines (default: ``X``).
     key_added
         Key of the results in ``.uns``.
     encoding_key, execution, mod
@@ -82,45 +222,34 @@ def cell_classification_cv(
 
     Returns
     -------
-    With ``inplace=False``, one row per fold: ``fold``, ``n_train``, ``n_validation``, ``n_test``, ``accuracy``,
-    ``macro_f1``, ``validation_macro_f1`` and ``test_cells``.
+    With ``inplace=False``, one row per fold and method: ``method`` (``"geneformer"``, and with ``baseline``
+    ``"logreg_<representation>"``, e.g. ``"logreg_pca"``), ``fold``, ``n_train``, ``n_validation``, ``n_test``,
+    ``accuracy``, ``macro_f1``, ``validation_macro_f1`` (NaN for the baselines, which have no validation cells) and
+    ``test_cells``. The test cells of a fold are the same for every method.
 
     Examples
     --------
     >>> sgf.tl.cell_classification_cv(adata, model, "cell_type", n_folds=5, group_key="donor")  # doctest: +SKIP
     >>> adata.uns["geneformer_cv"]["folds"][["fold", "accuracy", "macro_f1"]]  # doctest: +SKIP
+
+    Against logistic regression on PCA of highly variable genes, in the same folds:
+
+    >>> sgf.tl.cell_classification_cv(adata, model, "cell_type", baseline=True, max_epochs=3)  # doctest: +SKIP
+    >>> adata.uns["geneformer_cv"]["folds"].groupby("method")[["accuracy", "macro_f1"]].mean()  # doctest: +SKIP
     """
     import pandas as pd
-    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
     adata = resolve_adata(data, mod)
     model.encoding_info(data, encoding_key=encoding_key, mod=mod)
     keys, labels = _labels_of(adata, labels_key)
-    encoded = adata.obs[f"{encoding_key}_n_tokens"].to_numpy() > 0
-    usable = np.flatnonzero(adata.obs[keys[0]].notna().to_numpy() & encoded)
-    if n_folds < 2:
-        msg = f"n_folds must be at least 2, got {n_folds}."
-        raise ValueError(msg)
-    if group_key is not None:
-        if group_key not in adata.obs.columns:
-            msg = f"group_key {group_key!r} is not an .obs column."
-            raise KeyError(msg)
-        groups = adata.obs[group_key].astype(str).to_numpy()[usable]
-        if len(np.unique(groups)) < n_folds:
-            msg = f"group_key {group_key!r} has {len(np.unique(groups))} groups: fewer than n_folds={n_folds}."
-            raise ValueError(msg)
-        folds = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed).split(
-            usable, labels[usable], groups
-        )
-    else:
-        folds = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed).split(usable, labels[usable])
+    methods = _baseline_methods(baseline)
+    if methods:
+        _check_representations(adata, methods, layer)
+    test_fold = cv_folds(adata, keys[0], n_folds=n_folds, group_key=group_key, seed=seed, encoding_key=encoding_key)
     execution = Execution.coerce(execution)
-    test_fold = np.full(adata.n_obs, -1, dtype=np.int64)
     rows = []
-    for fold, (_, test) in enumerate(folds):
-        held_out = np.zeros(adata.n_obs, dtype=bool)
-        held_out[usable[test]] = True
-        test_fold[held_out] = fold
+    for fold in range(n_folds):
+        held_out = test_fold == fold
         fold_model = model.copy(adata, encoding_key=encoding_key)
         report = fold_model.train_classifier(
             labels_key=keys if len(keys) > 1 else keys[0],
@@ -132,6 +261,7 @@ def cell_classification_cv(
         )
         rows.append(
             {
+                "method": "geneformer",
                 "fold": fold,
                 "n_train": len(fold_model.train_indices),
                 "n_validation": len(fold_model.validation_indices),
@@ -144,6 +274,110 @@ def cell_classification_cv(
         )
         del fold_model
     table = pd.DataFrame(rows)
+    if methods:
+        baselines = _baseline_table(adata, labels, test_fold, methods, layer=layer, seed=seed)
+        table = pd.concat([table, baselines], ignore_index=True)
+    if not inplace:
+        return table
+    adata.uns[key_added] = {"folds": table.drop(columns="test_cells"), "test_fold": test_fold}
+    return None
+
+
+def baseline_classification_cv(
+    data: AnnData | MuData,
+    labels_key: str,
+    *,
+    use_rep: str | Sequence[str] = "pca",
+    folds: str | np.ndarray | None = None,
+    n_folds: int = 5,
+    group_key: str | None = None,
+    seed: int = 0,
+    layer: str | None = None,
+    n_top_genes: int = 2000,
+    n_comps: int = 50,
+    key_added: str = "baseline_cv",
+    encoding_key: str = "geneformer",
+    mod: str = "rna",
+    inplace: bool = True,
+) -> pd.DataFrame | None:
+    """Cross-validate logistic regression on standard representations, in the folds of :func:`cell_classification_cv`.
+
+    The baseline a fine-tuned Geneformer classifier has to beat: for each fold, scikit-learn's
+    :class:`~sklearn.linear_model.LogisticRegression` (on standardised features) is trained on the other folds' cells
+    and tested on the fold. The ``"pca"`` and ``"hvg"`` representations are computed from raw counts as scanpy's
+    standard workflow does (``normalize_total`` to 10,000, ``log1p``, ``highly_variable_genes(flavor="seurat")``,
+    ``pca``), with genes and components chosen on each fold's training cells only; the data are not modified.
+
+    Parameters
+    ----------
+    data
+        AnnData (or MuData) with raw counts (in ``X`` or ``layer``) and the labels.
+    labels_key
+        ``.obs`` column of the labels.
+    use_rep
+        Representation(s) to classify from: ``"pca"`` (PCA of the log-normalised highly variable genes),
+        ``"hvg"`` (the log-normalised highly variable genes) or ``.obsm`` keys (``"X_geneformer"``: a linear probe
+        of the Geneformer embedding; ``"X_scVI"``…).
+    folds
+        The folds: ``None`` makes those :func:`cell_classification_cv` makes with the same ``n_folds``,
+        ``group_key`` and ``seed`` (over the labelled cells, and only the encoded ones when the data are encoded
+        with ``encoding_key``); the ``.uns`` key of an earlier cross-validation (its ``"test_fold"``, e.g.
+        ``"geneformer_cv"``); or the test fold of each cell (``-1``: not used).
+    n_folds, group_key, seed
+        As in :func:`cell_classification_cv` (when ``folds`` is ``None``); ``seed`` also seeds the PCA.
+    layer
+        Layer with the raw counts (default: ``X``).
+    n_top_genes, n_comps
+        Number of highly variable genes and of principal components.
+    key_added
+        Key of the results in ``.uns``.
+    encoding_key, mod
+        As in :func:`scgeneformer.tl.embed`.
+    inplace
+        Store ``{"folds": table, "test_fold": ...}`` in ``.uns[key_added]`` and return ``None``, or return the table.
+
+    Returns
+    -------
+    With ``inplace=False``, one row per representation and fold, with the columns of :func:`cell_classification_cv`
+    (``method`` is ``"logreg_<representation>"``).
+
+    Examples
+    --------
+    >>> sgf.tl.cell_classification_cv(adata, model, "cell_type", max_epochs=3)  # doctest: +SKIP
+    >>> reps = ["pca", "X_geneformer"]
+    >>> sgf.tl.baseline_classification_cv(adata, "cell_type", use_rep=reps, folds="geneformer_cv")  # doctest: +SKIP
+    >>> adata.uns["baseline_cv"]["folds"].groupby("method")["macro_f1"].mean()  # doctest: +SKIP
+    """
+    adata = resolve_adata(data, mod)
+    if labels_key not in adata.obs.columns:
+        msg = f"labels_key {labels_key!r} not in .obs; available: {list(adata.obs.columns)}."
+        raise KeyError(msg)
+    representations = [use_rep] if isinstance(use_rep, str) else list(use_rep)
+    if not representations:
+        msg = "use_rep names no representation."
+        raise ValueError(msg)
+    _check_representations(adata, representations, layer)
+    if folds is None:
+        encoded = encoding_key if f"{encoding_key}_n_tokens" in adata.obs.columns else None
+        test_fold = cv_folds(adata, labels_key, n_folds=n_folds, group_key=group_key, seed=seed, encoding_key=encoded)
+    else:
+        if isinstance(folds, str):
+            if folds not in adata.uns or "test_fold" not in adata.uns[folds]:
+                msg = f"folds={folds!r} names no cross-validation result in .uns (with a 'test_fold')."
+                raise KeyError(msg)
+            folds = adata.uns[folds]["test_fold"]
+        test_fold = np.asarray(folds, dtype=np.int64)
+        if test_fold.shape != (adata.n_obs,):
+            msg = f"folds has shape {test_fold.shape}; expected one fold per cell ({adata.n_obs},)."
+            raise ValueError(msg)
+        unlabelled = (test_fold >= 0) & adata.obs[labels_key].isna().to_numpy()
+        if unlabelled.any():
+            msg = f"{int(unlabelled.sum())} cells of the folds have no label in {labels_key!r}."
+            raise ValueError(msg)
+    labels = adata.obs[labels_key].astype(str).to_numpy()
+    table = _baseline_table(
+        adata, labels, test_fold, representations, layer=layer, seed=seed, n_top_genes=n_top_genes, n_comps=n_comps
+    )
     if not inplace:
         return table
     adata.uns[key_added] = {"folds": table.drop(columns="test_cells"), "test_fold": test_fold}
