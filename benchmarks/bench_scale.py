@@ -258,11 +258,11 @@ def perturb(args) -> dict:
     import torch
 
     import scgeneformer as sgf
-    from scgeneformer.tl import _perturb_engine
+    from scgeneformer.tl._perturb import _planning
 
     # A full-length cell (~1,000 genes) is one part of its own; cut to 128 genes, ~60 cells would share one. Parts
     # of one cell keep this scaled-down screen as finely divisible (load balance, resume) as a real one.
-    _perturb_engine.CHUNK_TOKENS = args.part_tokens
+    _planning.CHUNK_TOKENS = args.part_tokens
     if args.processes > 1 or args.threads:
         torch.set_num_threads(args.threads or 1)
     checkpoint = sgf.model.get_checkpoint("Geneformer-V1-10M")

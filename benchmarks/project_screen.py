@@ -79,7 +79,7 @@ def pbmc_lengths(n: int) -> np.ndarray:
 
 def main() -> None:
     import scgeneformer as sgf
-    from scgeneformer.tl._perturb import share_by_cost  # the assignment perturb itself uses
+    from scgeneformer.tl._perturb._planning import share_by_cost  # the assignment perturb itself uses
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cells", type=int, default=1500)

@@ -40,9 +40,9 @@ def main(output: Path) -> None:
     np.save(output.with_name(f"weights_rank{rank}.npy"), weights.numpy())
 
     # perturbation: parts of a few cells shared out over both processes, in memory and into a store
-    from scgeneformer.tl import _perturb_engine
+    from scgeneformer.tl._perturb import _planning
 
-    _perturb_engine.CHUNK_TOKENS = 3000  # several parts of a few cells
+    _planning.CHUNK_TOKENS = 3000  # several parts of a few cells
     options = {"max_cells": 8, "gene_shifts": True, "vocabulary": vocab, "inplace": False}
     two = sgf.tl.perturb(adata, model, "all", execution=quiet | {"devices": 2, "strategy": "ddp"}, **options)
     two_processes = quiet | {"devices": 2, "strategy": "ddp"}

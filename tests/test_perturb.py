@@ -12,7 +12,7 @@ import torch
 from helpers import encoded_counts, make_vocabulary, tiny_model
 
 import scgeneformer as sgf
-from scgeneformer.tl import _perturb_ops as ops
+from scgeneformer.tl._perturb import _edits as ops
 
 
 @pytest.fixture
@@ -68,8 +68,8 @@ def test_token_edits_and_their_comparisons():
 @pytest.mark.parametrize("perturbation", ["delete", "overexpress", "inhibit", "activate"])
 @pytest.mark.parametrize("anchored", [False, True])
 def test_perturbed_lengths_from_lengths_alone_match_the_built_sequences(version, perturbation, anchored):
-    from scgeneformer.tl._perturb import _iter_jobs
-    from scgeneformer.tl._perturb_spec import PerturbationSpec
+    from scgeneformer.tl._perturb._jobs import iter_jobs as _iter_jobs
+    from scgeneformer.tl._perturb._spec import PerturbationSpec
 
     info = sgf.EncodingInfo(encoded_counts(make_vocabulary(version), n_obs=8, n_vars=40, seed=5))
     cells = info.encoded_cells()
@@ -333,7 +333,7 @@ def test_plots(setup):
 
 @pytest.mark.parametrize("layers", [1, 2])
 def test_shared_first_layer_equals_plain_forward_passes(vocab, layers):
-    from scgeneformer.tl._first_layer import DeletionFirstLayer, run_remaining_layers
+    from scgeneformer.tl._perturb._first_layer import DeletionFirstLayer, run_remaining_layers
 
     model = tiny_model(vocab, layers=2)
     bert = model.module.mlm.bert
@@ -348,7 +348,7 @@ def test_shared_first_layer_equals_plain_forward_passes(vocab, layers):
 
 
 def test_perturb_gives_the_same_results_with_and_without_the_shared_first_layer(setup, monkeypatch):
-    from scgeneformer.tl._first_layer import DeletionFirstLayer
+    from scgeneformer.tl._perturb._first_layer import DeletionFirstLayer
 
     adata, model, vocab = setup
     options = {"max_cells": 3, "gene_shifts": True, "pooling": "mean", "execution": {"token_budget": 100}}

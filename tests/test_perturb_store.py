@@ -18,7 +18,7 @@ import torch
 from helpers import encoded_counts, make_vocabulary, tiny_bert_config, write_vocabulary_folder
 
 import scgeneformer as sgf
-from scgeneformer.tl import _perturb_engine
+from scgeneformer.tl._perturb import _planning
 
 QUIET = {"accelerator": "cpu", "progress_bar": False}
 PART_TOKENS = 4000  # parts of a few cells each, so that a run has many parts
@@ -27,7 +27,7 @@ PART_TOKENS = 4000  # parts of a few cells each, so that a run has many parts
 @pytest.fixture
 def screen(tmp_path, monkeypatch):
     """Encoded data with states, a saved model and its vocabulary folder, on disk for a second process."""
-    monkeypatch.setattr(_perturb_engine, "CHUNK_TOKENS", PART_TOKENS)
+    monkeypatch.setattr(_planning, "CHUNK_TOKENS", PART_TOKENS)
     vocab = make_vocabulary("V2")
     adata = encoded_counts(vocab, n_obs=30)
     adata.obs["state"] = np.array(["sick", "healthy"])[np.arange(30) % 2]
@@ -49,10 +49,10 @@ CHILD = """
 import sys, time
 import anndata as ad
 import scgeneformer as sgf
-from scgeneformer.tl import _perturb_engine
+from scgeneformer.tl._perturb import _engine, _planning
 
-_perturb_engine.CHUNK_TOKENS = {part_tokens}
-run_chunk = _perturb_engine.run_chunk
+_planning.CHUNK_TOKENS = {part_tokens}
+run_chunk = _engine.run_chunk
 
 
 def slow_chunk(*args, **kwargs):  # give the test time to kill the run between parts
@@ -60,7 +60,7 @@ def slow_chunk(*args, **kwargs):  # give the test time to kill the run between p
     return run_chunk(*args, **kwargs)
 
 
-_perturb_engine.run_chunk = slow_chunk
+_engine.run_chunk = slow_chunk
 adata = ad.read_h5ad("{root}/data.h5ad")
 model = sgf.GeneformerModel.load("{root}/model")
 sgf.tl.perturb(adata, model, "all", out="{root}/store", **{options!r})

@@ -22,7 +22,7 @@ import torch
 from .._utils._progress import progress_bar
 from ._batching import iter_batches, sequence_loader
 from ._execution import Execution
-from ._lightning import lightning_predict
+from ._lightning import gather_objects, in_distributed_run, lightning_predict
 
 if TYPE_CHECKING:
     from .._data._encoding import EncodingInfo
@@ -124,17 +124,15 @@ class InferenceResults:
 
     def gather(self) -> None:
         """Combine the results of every process of a torch.distributed run, so that each holds all of them."""
-        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        if not in_distributed_run():
             return
         mine = (
             np.flatnonzero(self._filled),
             None if self.cell_values is None else self.cell_values[self._filled],
             None if self._token_sums is None else (self.token_sums, self.token_counts),
         )
-        gathered = [None] * torch.distributed.get_world_size()
-        torch.distributed.all_gather_object(gathered, mine)
         sums = None
-        for rows, values, tokens in gathered:
+        for rows, values, tokens in gather_objects(mine):
             if values is not None:
                 self.cell_values[rows] = values
                 self._filled[rows] = True
@@ -179,20 +177,11 @@ def run_inference(
 
 
 def _run_lightning(module, info, cells, compute: Compute, results: InferenceResults, execution: Execution) -> None:
-    """:func:`run_inference` through ``lightning.Trainer.predict`` (one process per device)."""
-    import lightning.pytorch as pl
+    """:func:`run_inference` through the Lightning predict harness (one process per device)."""
 
-    class Predictor(pl.LightningModule):
-        def __init__(self) -> None:
-            super().__init__()
-            self.module = module
-
-        def predict_step(self, batch, batch_idx):
-            cells = batch["cells"].cpu().numpy()
-            results.add(cells, compute(self.module, cells, batch["input_ids"], batch["attention_mask"]))
-
-        def on_predict_epoch_end(self) -> None:
-            results.gather()
+    def step(module: torch.nn.Module, batch: dict[str, torch.Tensor]) -> None:
+        cells = batch["cells"].cpu().numpy()
+        results.add(cells, compute(module, cells, batch["input_ids"], batch["attention_mask"]))
 
     loader = sequence_loader(
         info,
@@ -203,4 +192,4 @@ def _run_lightning(module, info, cells, compute: Compute, results: InferenceResu
         even_split=False,
         num_workers=execution.num_workers,
     )
-    lightning_predict(module, Predictor(), loader, execution)
+    lightning_predict(module, loader, execution, step, at_end=results.gather)

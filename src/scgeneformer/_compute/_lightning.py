@@ -1,4 +1,8 @@
-"""Lightning runs at the package's verbosity: the ``Trainer`` defaults and one predict harness for inference."""
+"""Lightning at the package's verbosity: the ``Trainer`` defaults and the one predict harness.
+
+The harness (:func:`lightning_predict`) runs inference (:mod:`._engine`) and distributed perturbation alike; its
+callers combine the processes' results with :func:`gather_objects`.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,10 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+
+    import torch
+
     from ._execution import Execution
 
 
@@ -60,13 +68,33 @@ def trainer_defaults(n_batches: int | None = None) -> dict[str, Any]:
     return defaults
 
 
-def lightning_predict(module, lightning_module, loader, execution: Execution) -> None:
-    """Run ``lightning_module`` (wrapping ``module``) over ``loader`` with ``Trainer.predict``, one process per device.
+def lightning_predict(
+    module: torch.nn.Module,
+    loader: Iterable,
+    execution: Execution,
+    step: Callable[[torch.nn.Module, Any], None],
+    at_end: Callable[[], None] | None = None,
+) -> None:
+    """The one predict harness: ``step(module, batch)`` on every batch of ``loader``, one process per device.
 
-    The steps collect their results themselves; ``module`` runs in eval mode and is left on the CPU in the mode it
-    had.
+    Runs ``Trainer.predict`` with the execution's devices and strategy. ``step`` collects its results itself (each
+    process sees only its own batches: the loader's sampler shares them out); ``at_end`` runs in every process once
+    its batches are done, e.g. to combine the processes' results with :func:`gather_objects`. ``module`` runs in eval
+    mode and is left on the CPU in the mode it had.
     """
     import lightning.pytorch as pl
+
+    class StepPredictor(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.module = module
+
+        def predict_step(self, batch, batch_idx) -> None:
+            step(self.module, batch)
+
+        def on_predict_epoch_end(self) -> None:
+            if at_end is not None:
+                at_end()
 
     was_training = module.training
     module.eval()
@@ -80,7 +108,33 @@ def lightning_predict(module, lightning_module, loader, execution: Execution) ->
                 enable_model_summary=False,
                 use_distributed_sampler=False,
             )
-            trainer.predict(lightning_module, dataloaders=loader, return_predictions=False)
+            trainer.predict(StepPredictor(), dataloaders=loader, return_predictions=False)
     finally:
         module.train(was_training)
         module.cpu()
+
+
+def in_distributed_run() -> bool:
+    """Whether this process belongs to a running torch.distributed group."""
+    import torch
+
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def gather_objects(value: Any) -> list:
+    """``value`` of every process of the running torch.distributed group, in rank order (``[value]`` outside one)."""
+    import torch
+
+    if not in_distributed_run():
+        return [value]
+    gathered = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(gathered, value)
+    return gathered
+
+
+def wait_for_all_processes() -> None:
+    """Return once every process of the running torch.distributed group gets here (at once outside one)."""
+    import torch
+
+    if in_distributed_run():
+        torch.distributed.barrier()

@@ -7,8 +7,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..tl._perturb_spec import GoalStates
-from ..tl._perturb_stats import aggregate_gene_shifts_store, perturbation_results, result_cell_rows
+from ..tl import PerturbationResults
 from ._utils import finish
 
 if TYPE_CHECKING:
@@ -18,20 +17,16 @@ if TYPE_CHECKING:
     from mudata import MuData
 
 
-def _results(data, key: str, mod: str) -> dict:
-    return perturbation_results(data, key, mod)[0]
-
-
-def _effect(results: dict) -> tuple[pd.DataFrame, str, str]:
+def _effect(results: PerturbationResults) -> tuple[pd.DataFrame, str]:
     """Cell rows with an ``effect`` column: the shift toward the goal state, or 1 - cosine without states."""
-    rows = result_cell_rows(results).copy()
-    states = GoalStates.from_params(results.get("params", {}).get("states"))
+    rows = results.cell_rows().copy()
+    states = results.states
     if states is not None:
         goal = states.goal_state
         rows["effect"] = rows[states.column(goal)].astype(np.float64)
-        return rows, f"shift toward {goal}", "goal"
+        return rows, f"shift toward {goal}"
     rows["effect"] = 1.0 - rows["cosine"].astype(np.float64)
-    return rows, "1 - cosine similarity (perturbed vs original)", "cosine"
+    return rows, "1 - cosine similarity (perturbed vs original)"
 
 
 def perturbation_shifts(
@@ -75,8 +70,8 @@ def perturbation_shifts(
     """
     import matplotlib.pyplot as plt
 
-    results = _results(data, key, mod)
-    rows, label, _ = _effect(results)
+    results = PerturbationResults(data, key, mod)
+    rows, label = _effect(results)
     summary = rows.groupby("perturbed", observed=True)["effect"].agg(["mean", "sem", "size"])
     summary = summary.sort_values("mean", ascending=False).head(n_genes)
     fdr = _fdr_by_gene(results)
@@ -96,9 +91,9 @@ def perturbation_shifts(
     return finish(ax, "perturbation_shifts", show=show, save=save, ax_given=ax_given)
 
 
-def _fdr_by_gene(results: dict) -> dict[str, float]:
-    for name, column in (("stats_goal_state_shift", "fdr_goal"), ("stats_vs_null", "fdr")):
-        stats = results.get(name)
+def _fdr_by_gene(results: PerturbationResults) -> dict[str, float]:
+    for mode, column in (("goal_state_shift", "fdr_goal"), ("vs_null", "fdr")):
+        stats = results.stats(mode)
         if stats is not None and column in stats:
             return dict(zip(stats["perturbed"].astype(str), stats[column], strict=True))
     return {}
@@ -136,8 +131,8 @@ def perturbation_distribution(
     """
     import matplotlib.pyplot as plt
 
-    results = _results(data, key, mod)
-    rows, label, _ = _effect(results)
+    results = PerturbationResults(data, key, mod)
+    rows, label = _effect(results)
     if genes is None:
         means = rows.groupby("perturbed", observed=True)["effect"].mean()
         genes = list(means.sort_values(ascending=False).index[:n_genes])
@@ -201,15 +196,8 @@ def perturbation_heatmap(
     """
     import matplotlib.pyplot as plt
 
-    results = _results(data, key, mod)
-    if "cells" in results:
-        table = results["cells"]
-        genes = table[table["affected"] != "cell"]
-    else:  # a store: the mean cosine of each (perturbed, affected) pair, summed part by part
-        from ..tl._perturb_store import PerturbationStore
-
-        genes = aggregate_gene_shifts_store(PerturbationStore(results["path"]))
-        genes = genes[genes["affected_token"] != -1].rename(columns={"cosine_mean": "cosine"})
+    results = PerturbationResults(data, key, mod)
+    genes = results.gene_shifts()  # from a store: each (perturbed, affected) pair's mean over cells
     if genes.empty:
         msg = "The results hold no gene shifts: run sgf.tl.perturb(..., gene_shifts=True)."
         raise ValueError(msg)

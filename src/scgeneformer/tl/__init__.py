@@ -5,13 +5,18 @@ from ._benchmark import benchmark_embeddings
 from ._classifier_cv import baseline_classification_cv, cell_classification_cv, hyperparameter_search
 from ._embed import embed, state_embeddings
 from ._gene_classify import classify_genes, gene_classification_cv
-from ._perturb import perturb
-from ._perturb_spec import GoalStates
-from ._perturb_stats import perturbation_stats, read_perturbation_store
-from ._perturb_store import PerturbationStore
+from ._perturb import (
+    GoalStates,
+    PerturbationResults,
+    PerturbationStore,
+    perturb,
+    perturbation_stats,
+    read_perturbation_store,
+)
 
 __all__ = [
     "GoalStates",
+    "PerturbationResults",
     "PerturbationStore",
     "annotate",
     "baseline_classification_cv",

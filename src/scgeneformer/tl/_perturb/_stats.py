@@ -7,18 +7,19 @@ Benjamini–Hochberg, and ties keep token order when sorting.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from .._data._anndata import resolve_adata
-from ._perturb_spec import GoalStates, genes_param_is_all
+from ._results import PerturbationResults
+from ._summaries import aggregate_gene_shifts, aggregate_gene_shifts_store, token_order
 
 if TYPE_CHECKING:
     import pandas as pd
     from anndata import AnnData
     from mudata import MuData
+
+    from ._spec import GoalStates
 
 StatsMode = Literal["goal_state_shift", "vs_null", "mixture_model", "aggregate_data", "aggregate_gene_shifts"]
 MODES = ("goal_state_shift", "vs_null", "mixture_model", "aggregate_data", "aggregate_gene_shifts")
@@ -96,151 +97,41 @@ def perturbation_stats(
     if mode not in MODES:
         msg = f"mode must be one of {MODES}, got {mode!r}."
         raise ValueError(msg)
-    results, adata = perturbation_results(data, key, mod)
-    params = dict(results.get("params", {}))
-    genes_all = genes_param_is_all(params)
-    states = GoalStates.from_params(params.get("states"))
+    results = PerturbationResults(data, key, mod)
+    states = results.states
     if mode == "aggregate_gene_shifts":
         cell_rows = None  # reads the gene rows too, part by part for a store
     else:
-        cell_rows = result_cell_rows(results)
+        cell_rows = results.cell_rows()
     if mode == "goal_state_shift":
         if states is None:
             msg = "goal_state_shift needs results of a goal-state run (perturb with states=...)."
             raise ValueError(msg)
-        out = goal_state_shift(cell_rows, states, genes_all=genes_all, alpha=alpha)
+        out = goal_state_shift(cell_rows, states, genes_all=results.genes_all, alpha=alpha)
     elif mode == "vs_null":
         if null is None:
             msg = "vs_null needs the results of a null run: pass null=."
             raise ValueError(msg)
-        null_results, _ = perturbation_results(null, key, mod)
+        null_results = PerturbationResults(null, key, mod)
         column = value or (states.column(states.goal_state) if states is not None else "cosine")
-        out = vs_null(cell_rows, result_cell_rows(null_results), column, alpha=alpha)
+        out = vs_null(cell_rows, null_results.cell_rows(), column, alpha=alpha)
     elif mode == "mixture_model":
-        if not genes_all:
+        if not results.genes_all:
             msg = "mixture_model needs many perturbed genes: run perturb with genes='all'."
             raise ValueError(msg)
         out = mixture_model(cell_rows, reference_quirks=reference_quirks)
     elif mode == "aggregate_data":
         columns = ["cell", "perturbed", "perturbed_id", "cosine"] + [c for c in cell_rows if c.startswith("shift_")]
         out = cell_rows[columns].reset_index(drop=True)
-    elif "cells" in results:
-        out = aggregate_gene_shifts(results["cells"])
+    elif results.store is None:
+        out = aggregate_gene_shifts(results.results["cells"])
     else:
-        out = aggregate_gene_shifts_store(_store(results))
+        out = aggregate_gene_shifts_store(results.store)
+    adata = results.adata
     if adata is None or not inplace:
         return out
     adata.uns[key][f"stats_{mode}"] = out
     return None
-
-
-def perturbation_results(data, key: str = "geneformer_perturb", mod: str = "rna") -> tuple[dict, AnnData | None]:
-    """Results of :func:`~scgeneformer.tl.perturb`, given as the returned dict or as the AnnData/MuData holding them.
-
-    Returns the results and the AnnData they were read from (``None`` for a dict).
-    """
-    if isinstance(data, dict):
-        if "cells" not in data and "path" not in data:
-            msg = "Pass perturbation results: the dict returned by sgf.tl.perturb, or the AnnData holding them."
-            raise ValueError(msg)
-        return data, None
-    adata = resolve_adata(data, mod)
-    if key not in adata.uns or not ({"cells", "path"} & set(adata.uns[key])):
-        msg = f"No perturbation results in .uns[{key!r}]; run sgf.tl.perturb(adata, model, ...) first."
-        raise KeyError(msg)
-    return adata.uns[key], adata
-
-
-def _store(results: dict):
-    from ._perturb_store import PerturbationStore
-
-    return PerturbationStore(results["path"])
-
-
-def result_cell_rows(results: dict) -> pd.DataFrame:
-    """The rows of whole cells (``affected == "cell"``) of perturbation results, in memory or in a store.
-
-    From a store (``perturb(..., out=path)``) only these rows are read, a part at a time: the gene rows of a large
-    screen never are.
-    """
-    if "cells" in results:
-        table = results["cells"]
-        return table[table["affected"] == "cell"]
-    return _store(results).read(cell_rows=True)
-
-
-def read_perturbation_store(path) -> dict:
-    """Results that :func:`~scgeneformer.tl.perturb` wrote to ``out=path``, as the dict it returns in memory.
-
-    Parameters
-    ----------
-    path
-        The store's folder.
-
-    Returns
-    -------
-    ``{"cells": the whole table, "genes": the summary, "params": the run's parameters}``. The table of a large
-    screen may not fit in memory: :func:`~scgeneformer.tl.perturbation_stats` reads stores part by part instead.
-
-    Examples
-    --------
-    >>> sgf.tl.perturb(adata, model, "all", out="screen.parquet")  # doctest: +SKIP
-    >>> results = sgf.tl.read_perturbation_store("screen.parquet")  # doctest: +SKIP
-    """
-    import pandas as pd
-
-    from ._perturb_store import PerturbationStore
-
-    store = PerturbationStore(path)
-    summary_path = store.path / "summary.parquet"
-    genes = pd.read_parquet(summary_path) if summary_path.is_file() else None
-    params = {k: v for k, v in store.manifest["identity"].items() if k not in ("model_weights", "state_embeddings")}
-    return {"cells": store.read(), "genes": genes, "params": params}
-
-
-def aggregate_gene_shifts_store(store) -> pd.DataFrame:
-    """:func:`aggregate_gene_shifts` of a store, one part in memory at a time (float64 sums; std from them)."""
-    import pandas as pd
-
-    from ._perturb_store import grouped_sums
-
-    keys = ["perturbed_token", "affected_token"]
-    names = ["perturbed", "perturbed_id", "affected", "affected_id"]
-    parts = (
-        p.astype(dict.fromkeys(["perturbed_token", *names], str)) for p in store.iter_parts([*keys, *names, "cosine"])
-    )
-    totals = grouped_sums(parts, keys, ["cosine"], squares=True, first=names)
-    if totals is None:
-        return pd.DataFrame()
-    totals = totals.reset_index().sort_values("_first", kind="stable")
-    mean = totals["cosine_sum"] / totals["_n"]
-    std = np.sqrt(np.maximum(totals["cosine_sumsq"] / totals["_n"] - mean**2, 0.0))
-    gene_keys = pd.unique(totals["perturbed_token"].to_numpy())
-    rank_of_gene = dict(zip(gene_keys[_token_order(gene_keys)], range(len(gene_keys)), strict=True))
-    out = pd.DataFrame(
-        {
-            "perturbed_token": totals["perturbed_token"].to_numpy(),
-            "perturbed": totals["perturbed"].to_numpy(),
-            "perturbed_id": totals["perturbed_id"].to_numpy(),
-            "affected": totals["affected"].to_numpy(),
-            "affected_id": totals["affected_id"].to_numpy(),
-            "affected_token": totals["affected_token"].to_numpy(),
-            "cosine_mean": mean.to_numpy(),
-            "cosine_std": std.to_numpy(),
-            "n_detections": totals["_n"].astype(np.int64).to_numpy(),
-        }
-    )
-    out["_rank"] = [rank_of_gene[p] for p in out["perturbed_token"]]
-    out = out.sort_values("_rank", kind="stable")  # perturbations in token order, pairs by first appearance
-    out["_cell"] = out["affected_token"] == -1
-    out = out.sort_values(["_cell", "cosine_mean"], ascending=[False, True], kind="stable")
-    return out.drop(columns=["_cell", "_rank"]).reset_index(drop=True)
-
-
-def _token_order(tokens: Sequence[str]) -> np.ndarray:
-    """Positions that sort ``"t1,t2"`` token strings as the reference sorts its token (tuple) keys."""
-    keys = [tuple(int(t) for t in str(s).split(",")) for s in tokens]
-    return np.array(sorted(range(len(keys)), key=keys.__getitem__), dtype=np.int64)
 
 
 def _by_gene(rows: pd.DataFrame, column: str) -> tuple[pd.DataFrame, list[np.ndarray]]:
@@ -248,7 +139,7 @@ def _by_gene(rows: pd.DataFrame, column: str) -> tuple[pd.DataFrame, list[np.nda
     import pandas as pd
 
     codes, uniques = pd.factorize(rows["perturbed_token"].astype(str))
-    order = _token_order(uniques)
+    order = token_order(uniques)
     values = rows[column].to_numpy(dtype=np.float64)
     groups = np.argsort(codes, kind="stable")
     bounds = np.searchsorted(codes[groups], np.arange(len(uniques) + 1))
@@ -369,42 +260,3 @@ def mixture_model(cell_rows: pd.DataFrame, *, reference_quirks: bool = False) ->
     genes["n_detections"] = [len(v) for v in values]
     genes = genes.sort_values(["impact", "cosine_mean"], ascending=[False, True], kind="stable")
     return genes.reset_index(drop=True)
-
-
-def aggregate_gene_shifts(table: pd.DataFrame) -> pd.DataFrame:
-    """Mean, standard deviation and count of the cosine per (perturbation, affected cell or gene)."""
-    import pandas as pd
-
-    perturbed = table["perturbed_token"].astype(str).to_numpy()
-    affected = table["affected_token"].to_numpy(dtype=np.int64)
-    pair_codes, pairs = pd.factorize(pd.MultiIndex.from_arrays([perturbed, affected]))
-    values = table["cosine"].to_numpy(dtype=np.float64)
-    groups = np.argsort(pair_codes, kind="stable")
-    bounds = np.searchsorted(pair_codes[groups], np.arange(len(pairs) + 1))
-    _, first = np.unique(pair_codes, return_index=True)  # each pair's first row
-    # reference order before sorting: perturbations in token order, affected in order of first appearance
-    gene_keys = pd.unique(perturbed[first])
-    rank_of_gene = dict(zip(gene_keys[_token_order(gene_keys)], range(len(gene_keys)), strict=True))
-    perturbation_rank = np.array([rank_of_gene[p] for p in perturbed[first]], dtype=np.int64)
-    order = np.lexsort((first, perturbation_rank))
-    rows = []
-    for code in order:
-        group = values[groups[bounds[code] : bounds[code + 1]]]
-        rows.append((group.mean(), group.std(), len(group)))
-    source = table.iloc[first[order]]
-    out = pd.DataFrame(
-        {
-            "perturbed_token": source["perturbed_token"].astype(str).to_numpy(),
-            "perturbed": source["perturbed"].astype(str).to_numpy(),
-            "perturbed_id": source["perturbed_id"].astype(str).to_numpy(),
-            "affected": source["affected"].astype(str).to_numpy(),
-            "affected_id": source["affected_id"].astype(str).to_numpy(),
-            "affected_token": source["affected_token"].to_numpy(),
-            "cosine_mean": [r[0] for r in rows],
-            "cosine_std": [r[1] for r in rows],
-            "n_detections": [r[2] for r in rows],
-        }
-    )
-    out["_cell"] = out["affected_token"] == -1
-    out = out.sort_values(["_cell", "cosine_mean"], ascending=[False, True], kind="stable")
-    return out.drop(columns="_cell").reset_index(drop=True)

@@ -8,8 +8,6 @@ original position it came from, except the perturbed genes themselves and the sp
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
 
 #: ``order`` value of a token inserted by the perturbation.
@@ -19,26 +17,6 @@ NOT_COMPARED = -1
 #: ``sources`` value: compared with a zero vector (cosine 0), as the reference does for a gene whose original
 #: counterpart was cut off by its over-truncation (``reference_quirks=True`` only).
 ZERO = -2
-
-
-@dataclass
-class CellJob:
-    """All perturbations of one cell: its (possibly truncated) original sequence and each perturbed sequence."""
-
-    cell: int
-    original: np.ndarray
-    perturbed: list[np.ndarray] = field(default_factory=list)
-    #: per perturbed sequence: original position compared at each position, or NOT_COMPARED / ZERO
-    sources: list[np.ndarray] = field(default_factory=list)
-    #: per perturbed sequence: the perturbed token ids
-    labels: list[tuple[int, ...]] = field(default_factory=list)
-    #: when every perturbation deletes one gene: its position, per perturbed sequence (enables the shared first layer)
-    deleted: list[int] | None = None
-
-    def add(self, perturbed: np.ndarray, sources: np.ndarray, label: tuple[int, ...]) -> None:
-        self.perturbed.append(perturbed)
-        self.sources.append(sources)
-        self.labels.append(label)
 
 
 def gene_slice(length: int, special: bool) -> slice:

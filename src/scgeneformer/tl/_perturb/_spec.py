@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from .._data._anndata import writable_names
+from ..._data._anndata import writable_names
 
 Perturbation = Literal["delete", "overexpress", "inhibit", "activate"]
 PERTURBATIONS = ("delete", "overexpress", "inhibit", "activate")
@@ -173,6 +173,11 @@ class PerturbationSpec:
     def all_genes(self) -> bool:
         """Whether every gene of each cell is perturbed in turn."""
         return self.tokens is None
+
+    @property
+    def shifts_gene_labels(self) -> bool:
+        """Whether gene-shift labels move by one gene, as in the reference (its overexpress-``"all"`` bug)."""
+        return self.reference_quirks and self.all_genes and self.perturbation == "overexpress"
 
     def required_tokens(self) -> list[int]:
         """Tokens a cell must hold to be perturbed (inserted overexpressed genes need not be present)."""

@@ -1,28 +1,28 @@
 """Batched forward passes of in silico perturbation.
 
-Cells are processed in chunks. For a chunk, each original sequence runs once; its hidden states form a bank on the
-device. Then all perturbed sequences of the chunk, across cells, are sorted by length and packed into batches under
-the token budget (padded only to each batch's longest sequence; batches of equal lengths run without a mask), and
-each batch is compared with the bank in a few vectorised operations: the cell embedding's cosine with the original
-(or the mean of the per-gene cosines), the shift toward each state, and optionally every compared gene's cosine.
-Results are returned as flat arrays, so memory stays proportional to the results, not to the hidden states.
+Cells are processed in chunks (the parts of ``_planning``). For a chunk, each original sequence runs once; its hidden
+states form a bank on the device. Then all perturbed sequences of the chunk, across cells, are sorted by length and
+packed into batches under the token budget (padded only to each batch's longest sequence; batches of equal lengths
+run without a mask), and each batch is compared with the bank in a few vectorised operations: the cell embedding's
+cosine with the original (or the mean of the per-gene cosines), the shift toward each state, and optionally every
+compared gene's cosine. Results are returned as flat arrays, so memory stays proportional to the results, not to
+the hidden states.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from .._compute._batching import pad_sequences, plan_batches
+from ..._compute._batching import pad_sequences, plan_batches
+from ._edits import ZERO
 from ._first_layer import DeletionFirstLayer, run_remaining_layers
-from ._perturb_ops import ZERO, CellJob
 
-#: Perturbed tokens per chunk of cells (whole cells; at least one): bounds the memory of the originals' bank and of
-#: pending results. A chunk is also the part of a screen that is shared out, stored and resumed as one
-#: (see ``_perturb._plan_parts``); results depend on it only through float rounding.
-CHUNK_TOKENS = 1_000_000
+if TYPE_CHECKING:
+    from ._jobs import CellJob
 
 
 @dataclass

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .._utils._files import atomic_path, write_text_atomic
+from ..._utils._files import atomic_path, write_text_atomic
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -209,25 +209,3 @@ def grouped_sums(
         # earlier parts first: a group keeps the place of its first appearance
         totals = grouped if totals is None else pd.concat([totals, grouped]).groupby(level=keys, sort=False).agg(how)
     return totals
-
-
-def summarize_store(store: PerturbationStore, state_columns: Sequence[str]) -> pd.DataFrame:
-    """The per-perturbation summary of :func:`~scgeneformer.tl._perturb.summarize`, one part in memory at a time."""
-    import pandas as pd
-
-    keys = ["perturbed", "perturbed_id", "perturbed_token"]
-    values = ["cosine", *state_columns]
-    parts = (p.astype(dict.fromkeys(keys, str)) for p in store.iter_parts([*keys, *values], cell_rows=True))
-    totals = grouped_sums(parts, keys, values)
-    if totals is None:
-        return pd.DataFrame(columns=[*keys, "n_cells", "cosine_mean"])
-    summary = pd.DataFrame(index=totals.index)
-    summary["n_cells"] = totals["_n"].astype(np.int64)
-    for column in values:
-        summary[f"{column}_mean"] = (totals[f"{column}_sum"] / totals["_n"]).astype(np.float32)
-    summary = summary.reset_index()
-    if len(state_columns) > 1:
-        summary = summary.sort_values(f"{state_columns[1]}_mean", ascending=False, kind="stable")
-    else:
-        summary = summary.sort_values("cosine_mean", kind="stable")
-    return summary.reset_index(drop=True)

@@ -1,0 +1,86 @@
+"""Each cell's perturbations: its original sequence and every perturbed sequence, built from the run's spec."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ._edits import delete, gene_slice, move_by, move_to_front, overexpress_set
+
+if TYPE_CHECKING:
+    from ..._data._encoding import EncodingInfo
+    from ._spec import PerturbationSpec
+
+SEQUENCE_BLOCK = 512  # cells whose token sequences are read from the rank layer at once
+
+
+@dataclass
+class CellJob:
+    """All perturbations of one cell: its (possibly truncated) original sequence and each perturbed sequence."""
+
+    cell: int
+    original: np.ndarray
+    perturbed: list[np.ndarray] = field(default_factory=list)
+    #: per perturbed sequence: original position compared at each position, or ``_edits.NOT_COMPARED`` / ``ZERO``
+    sources: list[np.ndarray] = field(default_factory=list)
+    #: per perturbed sequence: the perturbed token ids
+    labels: list[tuple[int, ...]] = field(default_factory=list)
+    #: when every perturbation deletes one gene: its position, per perturbed sequence (enables the shared first layer)
+    deleted: list[int] | None = None
+
+    def add(self, perturbed: np.ndarray, sources: np.ndarray, label: tuple[int, ...]) -> None:
+        """Record one perturbed sequence, what each of its positions is compared with, and its perturbed tokens."""
+        self.perturbed.append(perturbed)
+        self.sources.append(sources)
+        self.labels.append(label)
+
+
+def iter_jobs(info: EncodingInfo, selected: np.ndarray, spec: PerturbationSpec, max_len: int) -> Iterator[CellJob]:
+    """The job of each selected cell, in order; token sequences are read ``SEQUENCE_BLOCK`` cells at a time."""
+    for start in range(0, len(selected), SEQUENCE_BLOCK):
+        block = selected[start : start + SEQUENCE_BLOCK]
+        for cell, ids in zip(block, info.sequences(block), strict=True):
+            yield cell_job(int(cell), ids.astype(np.int64), spec, max_len, info.has_special_tokens)
+
+
+def cell_job(cell: int, ids: np.ndarray, spec: PerturbationSpec, max_len: int, special: bool) -> CellJob:
+    """Every perturbation ``spec`` makes of the cell with token ids ``ids`` (of ``max_len`` tokens at most)."""
+    genes = np.arange(len(ids))[gene_slice(len(ids), special)]
+    shift = spec.ranks_moved(len(genes)) if spec.moves_by_ranks else 0
+
+    def edit(positions):
+        if spec.perturbation == "delete":
+            return delete(ids, positions, special)
+        if spec.perturbation == "overexpress":
+            return move_to_front(ids, positions, special)
+        return move_by(ids, positions, shift, special)
+
+    if spec.tokens is not None:
+        if spec.perturbation == "overexpress":
+            original, perturbed, sources = overexpress_set(
+                ids, spec.tokens, max_len, special, reference_quirks=spec.reference_quirks
+            )
+            job = CellJob(cell, original)
+            job.add(perturbed, sources, spec.tokens)
+            return job
+        job = CellJob(cell, ids)
+        positions = [int(np.flatnonzero(ids == t)[0]) for t in spec.tokens]
+        job.add(*edit(positions), spec.tokens)
+        return job
+    job = CellJob(cell, ids)
+    if spec.anchor is not None:
+        anchor_position = int(np.flatnonzero(ids == spec.anchor)[0])
+        for position in genes:
+            if position != anchor_position:
+                job.add(*edit([anchor_position, int(position)]), (int(ids[position]),))
+        return job
+    if spec.perturbation == "overexpress":
+        genes = genes[1:]  # the top-ranked gene is already at the top
+    for position in genes:
+        job.add(*edit([int(position)]), (int(ids[position]),))
+    if spec.perturbation == "delete":
+        job.deleted = [int(p) for p in genes]
+    return job
