@@ -1,18 +1,21 @@
 """Model cards: a ``README.md`` written beside a saved model, as the Hugging Face hub and scvi-hub show them.
 
-The front matter holds the facts as ``key: <JSON value>`` lines (valid YAML); the text below repeats them for
-people. :func:`read_model_card` reads the front matter back.
+The front matter holds the facts as ``key: <JSON value>`` lines, which are valid YAML too: strings are JSON-escaped
+(a label such as ``---`` or one with a line break stays inside its line) and characters outside ASCII are written as
+they are (emoji read back whole by YAML parsers, not as halves of a surrogate pair), except those YAML takes for line
+breaks or refuses. The text below repeats the facts for people, with line breaks in names escaped.
+:func:`read_model_card` reads the front matter back, also after the Hugging Face hub rewrote it as plain YAML.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Any
 
-from .._utils._files import write_text_atomic
 from .._version import __version__
 
 CARD_FILE = "README.md"
@@ -72,10 +75,27 @@ def front_matter(facts: CardFacts) -> dict[str, Any]:
     return matter
 
 
-def write_model_card(facts: CardFacts, folder: Path, prefix: str = "") -> Path:
-    """Write ``README.md`` (``<prefix>README.md``) for a saved model; returns its path."""
+# Characters a YAML parser reads as line breaks (NEL, LS, PS) or refuses unescaped (C1 controls, DEL, surrogates,
+# U+FFFE/U+FFFF); json.dumps(ensure_ascii=False) escapes only those below U+0020.
+_YAML_UNSAFE = re.compile("[\x7f-\x9f\u2028\u2029\ud800-\udfff\ufffe\uffff]")
+# What must not reach the Markdown text raw: anything that breaks a line.
+_LINE_BREAKING = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _json_value(value: Any) -> str:
+    """``value`` as one line of JSON that YAML parsers read back as the same value."""
+    return _YAML_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", json.dumps(value, ensure_ascii=False))
+
+
+def _inline(value: Any) -> str:
+    """``value`` for a line of the card's text, its line breaks and control characters escaped as in JSON."""
+    return _LINE_BREAKING.sub(lambda m: json.dumps(m.group())[1:-1], str(value))
+
+
+def model_card(facts: CardFacts) -> str:
+    """The text of a saved model's ``README.md``: front matter and a description for people."""
     matter = front_matter(facts)
-    front = "\n".join(f"{key}: {json.dumps(value)}" for key, value in matter.items())
+    front = "\n".join(f"{key}: {_json_value(value)}" for key, value in matter.items())
     lines = [
         "---",
         front,
@@ -83,7 +103,7 @@ def write_model_card(facts: CardFacts, folder: Path, prefix: str = "") -> Path:
         "",
         f"# {'Fine-tuned ' if facts.classes or facts.gene_classes else ''}Geneformer model",
         "",
-        f"- Origin: {matter['history'] or 'a new (randomly initialised) model'}",
+        f"- Origin: {_inline(matter['history'] or 'a new (randomly initialised) model')}",
         f"- Vocabulary: {matter['vocabulary']} (encode data with `sgf.pp.rank_encode(adata, vocabulary="
         f"'{matter['vocabulary']}')`)",
         "- Architecture: {layers} layers, hidden size {hidden_size}, {heads} heads, input size {input_size}".format(
@@ -92,15 +112,16 @@ def write_model_card(facts: CardFacts, folder: Path, prefix: str = "") -> Path:
     ]
     if isinstance(facts.classes, dict):
         for task, classes in facts.classes.items():
-            lines.append(f"- Cell classes of `{task}`: {', '.join(map(str, classes))}")
+            lines.append(f"- Cell classes of `{_inline(task)}`: {', '.join(map(_inline, classes))}")
     elif facts.classes:
-        lines.append(f"- Cell classes: {', '.join(map(str, facts.classes))}")
+        lines.append(f"- Cell classes: {', '.join(map(_inline, facts.classes))}")
     if facts.gene_classes:
-        lines.append(f"- Gene classes: {', '.join(map(str, facts.gene_classes))}")
+        lines.append(f"- Gene classes: {', '.join(map(_inline, facts.gene_classes))}")
     data = matter.get("training_data")
     if data:
         lines.append(
-            f"- Training data: {data['n_cells']} cells (labels from `{data['labels_key']}`; train/validation/test "
+            f"- Training data: {data['n_cells']} cells (labels from `{_inline(data['labels_key'])}`; "
+            "train/validation/test "
             f"{data['n_train']}/{data['n_validation']}/{data['n_test']})"
         )
     metrics = matter.get("metrics")
@@ -123,13 +144,32 @@ def write_model_card(facts: CardFacts, folder: Path, prefix: str = "") -> Path:
         "```",
         "",
     ]
-    path = folder / f"{prefix}{CARD_FILE}"
-    write_text_atomic(path, "\n".join(lines))
-    return path
+    return "\n".join(lines)
+
+
+_FRONT_MATTER = re.compile(r"\A\ufeff?\s*---[ \t]*\r?\n(.*?)(?:\r?\n)?^---[ \t]*\r?$", re.DOTALL | re.MULTILINE)
 
 
 def read_model_card(path: str | Path) -> dict[str, Any]:
     """The facts in a model card's front matter (a saved model's folder or its ``README.md``).
+
+    Reads the ``key: <JSON value>`` lines scgeneformer writes and, with PyYAML, any YAML front matter, such as the
+    plain YAML the Hugging Face hub writes when a card is edited there.
+
+    Parameters
+    ----------
+    path
+        A saved model's folder or its ``README.md``.
+
+    Returns
+    -------
+    dict
+        The front matter's keys and values.
+
+    Raises
+    ------
+    ValueError
+        The card has no front matter, or it cannot be read (the message names the file and why).
 
     Examples
     --------
@@ -141,12 +181,61 @@ def read_model_card(path: str | Path) -> dict[str, Any]:
     if path.is_dir():
         path = path / CARD_FILE
     text = path.read_text(encoding="utf-8")
-    if not text.startswith("---\n"):
-        msg = f"{path} has no front matter."
+    match = _FRONT_MATTER.match(text)
+    if match is None:
+        msg = f"{path} has no front matter (a block between two '---' lines at its start)."
         raise ValueError(msg)
-    front = text[4 : text.index("\n---", 4)]
+    front = match.group(1)
+    facts = _json_lines(front)
+    if facts is not None:
+        return facts
+    try:
+        import yaml
+    except ImportError as e:
+        msg = (
+            f"{path}: its front matter is YAML, not the `key: <JSON value>` lines scgeneformer writes (the Hugging "
+            "Face hub rewrites it so when the card is edited there), and reading YAML needs PyYAML, which is not "
+            "installed (`pip install pyyaml`)."
+        )
+        raise ValueError(msg) from e
+    try:
+        facts = yaml.safe_load(front)
+    except yaml.YAMLError as e:
+        msg = f"{path}: its front matter is neither scgeneformer's `key: <JSON value>` lines nor valid YAML ({e})."
+        raise ValueError(msg) from e
+    if facts is None:
+        return {}
+    if not isinstance(facts, dict):
+        msg = f"{path}: its front matter is not a mapping of keys to values (it is a {type(facts).__name__})."
+        raise ValueError(msg)
+    return _whole_characters(facts)
+
+
+def _json_lines(front: str) -> dict[str, Any] | None:
+    """The front matter as scgeneformer writes it (``key: <JSON value>`` lines), or ``None`` if it is not that."""
     facts = {}
     for line in front.splitlines():
-        key, _, value = line.partition(": ")
-        facts[key] = json.loads(value)
+        key, separator, value = line.partition(": ")
+        if not separator or not key or key != key.strip():
+            return None
+        try:
+            facts[key] = json.loads(value)
+        except ValueError:
+            return None
     return facts
+
+
+def _whole_characters(value: Any) -> Any:
+    """``value`` with the halves of surrogate pairs that YAML makes of JSON escapes of emoji joined into characters."""
+    if isinstance(value, str):
+        if _SURROGATE.search(value) is None:
+            return value
+        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    if isinstance(value, dict):
+        return {_whole_characters(k): _whole_characters(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_whole_characters(v) for v in value]
+    return value
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")

@@ -14,9 +14,8 @@ from typing import TYPE_CHECKING, Self
 import torch
 
 from .._data._corpus import Corpus
-from .._utils._files import atomic_path
-from ._card import CardFacts, write_model_card
-from ._model_folder import ModelRecord, read_model_folder, write_model_folder
+from ._card import CARD_FILE, CardFacts, model_card
+from ._model_folder import Companion, ModelRecord, read_model_folder, write_model_folder
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -36,7 +35,11 @@ class SaveLoadMixin:
         """Save the model: weights as safetensors, everything else as JSON, and a model card, written atomically.
 
         Killing the process at any moment leaves the previous model (or the new one) loadable; nothing written can
-        run code when loaded (see the "Data safety" page). The model card, ``README.md``, records the base
+        run code when loaded (see the "Data safety" page). Processes saving into one folder at the same time take
+        turns (the folder is locked), and the folder always loads. Only files that scgeneformer wrote there are
+        ever replaced or deleted: a folder holding anything else is refused unless ``overwrite=True``, and then its
+        files are left as they are (a ``README.md`` that is not a model card of ours is kept, and no card is
+        written). The model card, ``README.md``, records the base
         checkpoint, vocabulary, training data, labels, test metrics and package version
         (:func:`~scgeneformer.model.read_model_card` reads it back); the folder can be uploaded to the Hugging Face hub
         as it is and loaded with :meth:`from_pretrained`.
@@ -48,7 +51,8 @@ class SaveLoadMixin:
         prefix
             Prefix of the file names, to keep several models in one folder.
         overwrite
-            Replace a model saved there before.
+            Replace a model saved there before (the files its save wrote, as its ``model.json`` records them, are
+            replaced or deleted), or save into a folder that holds other files (they are left as they are).
         save_anndata
             Also write the model's data as ``adata.h5ad`` (``mdata.h5mu`` for MuData).
         **anndata_write_kwargs
@@ -66,12 +70,12 @@ class SaveLoadMixin:
             history=self.history_,
             classification_report=getattr(self, "classification_report_", None),
         )
-        write_model_folder(dir_path, self.module, record, overwrite=overwrite, prefix=prefix)
-        write_model_card(self._card_facts(), Path(dir_path), prefix)
+        card = model_card(self._card_facts())
+        companions = [Companion(CARD_FILE, lambda path: path.write_text(card, encoding="utf-8"), required=False)]
         if save_anndata and self.adata is not None:
             name = "mdata.h5mu" if type(self.adata).__name__ == "MuData" else "adata.h5ad"
-            with atomic_path(Path(dir_path) / f"{prefix}{name}") as temporary:
-                self.adata.write(temporary, **anndata_write_kwargs)
+            companions.append(Companion(name, lambda path: self.adata.write(path, **anndata_write_kwargs)))
+        write_model_folder(dir_path, self.module, record, overwrite=overwrite, prefix=prefix, companions=companions)
 
     def _card_facts(self) -> CardFacts:
         """What the model card records of this model."""
@@ -115,9 +119,11 @@ class SaveLoadMixin:
     def load(cls, dir_path: str | os.PathLike, adata: AnnData | None = None, *, prefix: str | None = None) -> Self:
         """Load a model saved with :meth:`save`, on the CPU; set up on ``adata`` when given.
 
-        Only JSON and safetensors are read (pickled ``model.pt`` files are refused: loading them could run code).
-        A folder saved with ``save_anndata=True`` brings its data back too. Corrupted or incomplete folders, and
-        Hugging Face folders (load those with :meth:`from_pretrained`), give a clear error.
+        Only JSON and safetensors are read (pickled ``model.pt`` files are refused: loading them could run code),
+        and only the weights file that ``model.json``'s sha256 names, in the folder itself (symbolic links, as in
+        the Hugging Face cache, are followed). A folder saved with ``save_anndata=True`` brings its data back too.
+        Corrupted or incomplete folders, and Hugging Face folders (load those with :meth:`from_pretrained`), give a
+        clear error.
 
         Examples
         --------
@@ -126,15 +132,20 @@ class SaveLoadMixin:
         """
         prefix = prefix or ""
         folder = Path(dir_path)
-        if adata is None and (folder / f"{prefix}adata.h5ad").is_file():
+        saved = read_model_folder(folder, prefix)
+
+        def saved_with(name: str) -> bool:  # data the save wrote (any file of that name, in older folders)
+            file = folder / f"{prefix}{name}"
+            return file.is_file() and (saved.files is None or file.name in saved.files)
+
+        if adata is None and saved_with("adata.h5ad"):
             import anndata
 
             adata = anndata.read_h5ad(folder / f"{prefix}adata.h5ad")
-        elif adata is None and (folder / f"{prefix}mdata.h5mu").is_file():
+        elif adata is None and saved_with("mdata.h5mu"):
             import mudata
 
             adata = mudata.read_h5mu(folder / f"{prefix}mdata.h5mu")
-        saved = read_model_folder(folder, prefix)
         record = saved.record
         if adata is not None and not isinstance(adata, Corpus) and record.setup_args is not None:
             cls.setup_anndata(adata, **record.setup_args)
