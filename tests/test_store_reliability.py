@@ -1,0 +1,75 @@
+"""Reliability of perturbation stores (issue 20): exclusive creation, damaged manifests, leftovers of killed runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import pandas as pd
+import pytest
+
+from scgeneformer.tl._perturb._store import PerturbationStore
+
+IDENTITY = {"parameters": {"perturb": "delete"}, "model": "abc", "cells": "def"}
+
+
+def test_a_second_screen_on_the_same_store_is_refused(tmp_path):
+    """Item 5: the manifest is created exclusively; a screen racing in with another identity is refused.
+
+    Deterministic race: the second "process" passes the is-file check before the first creates the manifest
+    (it is held at that fixed point by calling the creation step itself after the first run's creation).
+    """
+    out = tmp_path / "screen"
+    other = {**IDENTITY, "cells": "other"}
+    # both found no manifest; the first creates it, the second creates afterwards from its stale view
+    out.mkdir()
+    PerturbationStore._create(out, out / "manifest.json", IDENTITY, 3)
+    PerturbationStore._create(out, out / "manifest.json", other, 3)
+    assert json.loads((out / "manifest.json").read_text())["identity"] == IDENTITY  # the winner's manifest stays
+    assert not [p for p in out.iterdir() if p.name.startswith(".manifest")]  # no temporary files left
+    with pytest.raises(ValueError, match="different perturbation run"):
+        PerturbationStore.open(out, other, 3)
+    # the processes of one distributed run (same identity) share the store
+    assert PerturbationStore.open(out, IDENTITY, 3).manifest["identity"] == IDENTITY
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "{not json",
+        '{"format": "scgeneformer-perturbation-store/1"}',
+        "[1, 2]",
+        '"text"',
+        '{"format": "scgeneformer-perturbation-store/1", "identity": [], "n_parts": 2}',
+        "\udcff",
+    ],
+)
+def test_a_damaged_manifest_gives_one_clear_error(tmp_path, content):
+    """Item 11: JSONDecodeError, KeyError, TypeError, AttributeError become one error naming the store."""
+    out = tmp_path / "screen"
+    PerturbationStore.open(out, IDENTITY, 2)
+    (out / "manifest.json").write_bytes(content.encode("utf-8", "surrogateescape"))
+    for attempt in (lambda: PerturbationStore(out), lambda: PerturbationStore.open(out, IDENTITY, 2)):
+        with pytest.raises(ValueError, match="damaged manifest.json") as error:
+            attempt()
+        assert str(out) in str(error.value) and "delete the folder" in str(error.value)
+
+
+def test_leftover_temporary_parts_are_cleaned_on_resume(tmp_path):
+    """Item 18 (last): temporary part files of a killed run are removed on resume; other files are kept."""
+    out = tmp_path / "screen"
+    store = PerturbationStore.open(out, IDENTITY, 2)
+    store.write_part(0, pd.DataFrame({"cell": ["a"], "cosine": [0.5]}))
+    parts = out / "parts"
+    stale = parts / ".part-000001.parquet.tmp-0123456789ab"
+    fresh = parts / ".part-000001.parquet.tmp-ba9876543210"  # being written by another process of the run
+    foreign = parts / "notes.txt"
+    for file in (stale, fresh, foreign):
+        file.write_bytes(b"partial")
+    old = time.time() - 3600
+    os.utime(stale, (old, old))
+    os.utime(foreign, (old, old))
+    resumed = PerturbationStore.open(out, IDENTITY, 2)
+    assert not stale.exists() and fresh.exists() and foreign.exists()
+    assert resumed.done_parts() == {0}
