@@ -73,3 +73,29 @@ def test_leftover_temporary_parts_are_cleaned_on_resume(tmp_path):
     resumed = PerturbationStore.open(out, IDENTITY, 2)
     assert not stale.exists() and fresh.exists() and foreign.exists()
     assert resumed.done_parts() == {0}
+
+
+from test_perturb_store import screen  # noqa: E402,F401  (the fixture: data, a saved model, options)
+
+
+@pytest.mark.filterwarnings("ignore:Writing zarr v2 data:UserWarning")
+def test_resume_fingerprints_tokens_and_weights_not_paths(screen):  # noqa: F811
+    """Items 4 and 15: re-encoded cells (same names and lengths) are refused; the same weights from another path
+    resume."""
+    import shutil
+
+    import scgeneformer as sgf
+    from scgeneformer._data._encoding import encoding_keys
+
+    root, adata, model, options = screen
+    sgf.tl.perturb(adata, model, "all", max_cells=4, out=root / "store", **options)
+    shutil.copytree(root / "model", root / "node-local")
+    copied = sgf.GeneformerModel.load(root / "node-local")
+    sgf.tl.perturb(adata, copied, "all", max_cells=4, out=root / "store", **options)  # identical weights: resumes
+    reencoded = adata.copy()
+    column = encoding_keys("geneformer").token
+    tokens = reencoded.var[column].to_numpy().copy()
+    tokens[[0, 1, 2, 3]] = tokens[[3, 2, 1, 0]]  # other token ids, same names and lengths
+    reencoded.var[column] = tokens
+    with pytest.raises(ValueError, match="different perturbation run.*tokens"):
+        sgf.tl.perturb(reencoded, model, "all", max_cells=4, out=root / "store", **options)

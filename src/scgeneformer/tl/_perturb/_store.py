@@ -29,6 +29,8 @@ if TYPE_CHECKING:
     import pandas as pd
     import torch
 
+    from ..._data._encoding import EncodingInfo
+
 FORMAT = "scgeneformer-perturbation-store/1"
 #: Columns of the result table that hold names: stored dictionary-encoded, read back as categoricals.
 #: Temporary part files untouched for this long are leftovers of a killed run (cleaned when resuming).
@@ -67,6 +69,16 @@ def _read_manifest(store: Path, manifest: Path) -> dict[str, Any]:
         )
         raise ValueError(msg) from error
     return content
+
+
+def tokens_fingerprint(info: EncodingInfo, selected: np.ndarray, block: int = 4096) -> str:
+    """sha256 of the selected cells' token sequences, in processing order (re-encoded cells change it)."""
+    digest = hashlib.sha256()
+    for start in range(0, len(selected), block):
+        for sequence in info.sequences(selected[start : start + block]):
+            digest.update(np.asarray(sequence, dtype=np.int64).tobytes())
+            digest.update(b"|")
+    return digest.hexdigest()
 
 
 class PerturbationStore:
