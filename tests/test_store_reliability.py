@@ -99,3 +99,22 @@ def test_resume_fingerprints_tokens_and_weights_not_paths(screen):  # noqa: F811
     reencoded.var[column] = tokens
     with pytest.raises(ValueError, match="different perturbation run.*tokens"):
         sgf.tl.perturb(reencoded, model, "all", max_cells=4, out=root / "store", **options)
+
+
+def test_results_name_their_store_absolutely_and_are_verified(tmp_path, monkeypatch):
+    """Item 6: the recorded path is absolute with a run identity; another store at that path is a clear error."""
+    from scgeneformer.tl._perturb._results import PerturbationResults
+
+    monkeypatch.chdir(tmp_path)
+    store = PerturbationStore.open("screen", IDENTITY, 1)
+    results = {"path": str(store.path.resolve()), "run": store.run_id, "genes": None, "params": {}}
+    assert PerturbationResults.__new__(PerturbationResults) is not None
+    reader = PerturbationResults.__new__(PerturbationResults)
+    reader.results = results
+    assert reader.store.path == store.path.resolve()
+    import shutil
+
+    shutil.rmtree("screen")
+    PerturbationStore.open("screen", {**IDENTITY, "cells": "other"}, 1)
+    with pytest.raises(ValueError, match="holds another run"):
+        reader.store

@@ -380,4 +380,11 @@ def _summarize_store(store: PerturbationStore, state_columns: list[str], params:
     """What ``perturb`` returns for a store, whose summary it writes there too."""
     summary = summarize_store(store, state_columns)
     store.write_summary(summary)
-    return {"path": str(store.path), "genes": summary, "params": params, "n_rows": store.n_rows}
+    # An absolute path and the run's identity: read back after a chdir, they name this store or fail clearly.
+    return {
+        "path": str(store.path.resolve()),
+        "run": store.run_id,
+        "genes": summary,
+        "params": params,
+        "n_rows": store.n_rows,
+    }

@@ -178,6 +178,11 @@ class PerturbationStore:
             except FileNotFoundError:
                 pass
 
+    @property
+    def run_id(self) -> str:
+        """The run's identity: sha256 of its manifest (recorded with its results, checked when they are read)."""
+        return hashlib.sha256(json.dumps(self.manifest, sort_keys=True).encode()).hexdigest()[:16]
+
     def part_path(self, part: int) -> Path:
         return self.path / "parts" / f"part-{part:06d}.parquet"
 
