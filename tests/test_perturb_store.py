@@ -88,7 +88,7 @@ def test_a_killed_screen_resumes_to_the_uninterrupted_results(screen):
     assert len(list(parts.glob("part-*.parquet"))) > written
     assert not list(parts.glob(".*tmp*"))  # the killed part's temporary file was never renamed
     result = adata.uns["geneformer_perturb"]
-    assert set(result) == {"path", "genes", "params", "n_rows"}  # a summary and the path, not the table
+    assert set(result) == {"path", "run", "genes", "params", "n_rows"}  # a summary and the path, not the table
     uninterrupted = sgf.tl.perturb(adata, model, "all", inplace=False, **options)
     stored = sgf.tl.read_perturbation_store(root / "store")
     assert result["n_rows"] == len(uninterrupted["cells"]) == len(stored["cells"])

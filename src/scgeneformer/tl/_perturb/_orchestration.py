@@ -25,7 +25,7 @@ from ._planning import plan_parts
 from ._running import PartRunner, run_here
 from ._selection import resolve_genes, resolve_goal_states, resolve_vocabulary, select_cells, state_matrix
 from ._spec import GoalStates, Perturbation, PerturbationSpec
-from ._store import PerturbationStore, cells_fingerprint, model_fingerprint
+from ._store import PerturbationStore, cells_fingerprint, model_fingerprint, tokens_fingerprint
 from ._summaries import summarize_store
 from ._tables import ResultTables
 
@@ -213,7 +213,7 @@ def perturb(
     )
     store = None
     if out is not None:
-        store = _open_store(out, params, adata, selected, model, states_matrix, gene_shifts, execution, plan)
+        store = _open_store(out, params, adata, info, selected, model, states_matrix, gene_shifts, execution, plan)
 
     state_columns = [] if goal is None else goal.columns
     tables = ResultTables(
@@ -324,6 +324,7 @@ def _open_store(
     out: str | os.PathLike,
     params: dict,
     adata: AnnData,
+    info: EncodingInfo,
     selected: np.ndarray,
     model: GeneformerModel,
     states_matrix: np.ndarray | None,
@@ -332,8 +333,11 @@ def _open_store(
     plan: Plan,
 ) -> PerturbationStore:
     """The store at ``out``, new or holding the same run to resume: it records the parameters, cells, weights, parts."""
-    identity = params | {
+    # What determines the results, not where they came from: the model's path may change between runs (a checkpoint
+    # copied to node-local disk), the weights' fingerprint may not; re-encoded cells with the same names may not.
+    identity = {k: v for k, v in params.items() if k != "model"} | {
         "cells": cells_fingerprint(adata.obs_names[selected]),
+        "tokens": tokens_fingerprint(info, selected),
         "model_weights": model_fingerprint(model.module),
         "state_embeddings": None if states_matrix is None else states_matrix.round(6).tolist(),
         "gene_shifts": gene_shifts,
@@ -376,4 +380,11 @@ def _summarize_store(store: PerturbationStore, state_columns: list[str], params:
     """What ``perturb`` returns for a store, whose summary it writes there too."""
     summary = summarize_store(store, state_columns)
     store.write_summary(summary)
-    return {"path": str(store.path), "genes": summary, "params": params, "n_rows": store.n_rows}
+    # An absolute path and the run's identity: read back after a chdir, they name this store or fail clearly.
+    return {
+        "path": str(store.path.resolve()),
+        "run": store.run_id,
+        "genes": summary,
+        "params": params,
+        "n_rows": store.n_rows,
+    }

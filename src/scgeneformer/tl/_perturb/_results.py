@@ -79,7 +79,18 @@ class PerturbationResults:
     @property
     def store(self) -> PerturbationStore | None:
         """The store holding the table (``perturb(..., out=path)``), or ``None`` when the table is in memory."""
-        return None if "cells" in self.results else PerturbationStore(self.results["path"])
+        if "cells" in self.results:
+            return None
+        store = PerturbationStore(self.results["path"])
+        run = self.results.get("run")  # absent in results written before issue 20
+        if run is not None and str(run) != store.run_id:
+            msg = (
+                f"The store at {store.path} holds another run than these results ({store.run_id} there, {run} "
+                "recorded): the store was replaced or the path names another folder; read the right store with "
+                "sgf.tl.read_perturbation_store(path)."
+            )
+            raise ValueError(msg)
+        return store
 
     def cell_rows(self) -> pd.DataFrame:
         """The rows of whole cells (``affected == "cell"``).

@@ -16,20 +16,25 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..._utils._files import atomic_path, write_text_atomic
+from ..._utils._files import atomic_path
 
 if TYPE_CHECKING:
     import pandas as pd
     import torch
 
+    from ..._data._encoding import EncodingInfo
+
 FORMAT = "scgeneformer-perturbation-store/1"
 #: Columns of the result table that hold names: stored dictionary-encoded, read back as categoricals.
+#: Temporary part files untouched for this long are leftovers of a killed run (cleaned when resuming).
+STALE_TEMPORARY_S = 300
 NAME_COLUMNS = ("cell", "perturbed", "perturbed_id", "perturbed_token", "affected", "affected_id")
 
 
@@ -45,6 +50,35 @@ def model_fingerprint(module: torch.nn.Module) -> str:
 def cells_fingerprint(names: Sequence[str]) -> str:
     """sha256 of the perturbed cells' names, in processing order."""
     return hashlib.sha256("\n".join(map(str, names)).encode()).hexdigest()
+
+
+def _read_manifest(store: Path, manifest: Path) -> dict[str, Any]:
+    """The manifest's content; a damaged one gives one clear error naming the store."""
+    try:
+        content = json.loads(manifest.read_text())
+        if not isinstance(content, dict):
+            raise TypeError("not a JSON object")
+        if content.get("format") == FORMAT:
+            if not isinstance(content["identity"], dict) or not isinstance(content["n_parts"], int):
+                raise TypeError("identity or n_parts of the wrong type")
+    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as error:
+        msg = (
+            f"The perturbation store {store} has a damaged manifest.json ({type(error).__name__}: {error}); "
+            "its results cannot be trusted: delete the folder and run sgf.tl.perturb(..., out=path) again, "
+            "or write to a new path."
+        )
+        raise ValueError(msg) from error
+    return content
+
+
+def tokens_fingerprint(info: EncodingInfo, selected: np.ndarray, block: int = 4096) -> str:
+    """sha256 of the selected cells' token sequences, in processing order (re-encoded cells change it)."""
+    digest = hashlib.sha256()
+    for start in range(0, len(selected), block):
+        for sequence in info.sequences(selected[start : start + block]):
+            digest.update(np.asarray(sequence, dtype=np.int64).tobytes())
+            digest.update(b"|")
+    return digest.hexdigest()
 
 
 class PerturbationStore:
@@ -69,7 +103,7 @@ class PerturbationStore:
         if not manifest.is_file():
             msg = f"{self.path} is not a perturbation store (no manifest.json); run sgf.tl.perturb(..., out=path)."
             raise FileNotFoundError(msg)
-        self.manifest = json.loads(manifest.read_text())
+        self.manifest = _read_manifest(self.path, manifest)
         if self.manifest.get("format") != FORMAT:
             msg = f"{self.path} was written in an unknown format {self.manifest.get('format')!r}."
             raise ValueError(msg)
@@ -81,21 +115,31 @@ class PerturbationStore:
         path = Path(path)
         manifest = path / "manifest.json"
         identity = json.loads(json.dumps(identity))  # plain JSON values, as they will be read back
-        if manifest.is_file():
-            store = cls(path)
-            recorded = store.manifest["identity"]
-            differing = sorted(k for k in set(recorded) | set(identity) if recorded.get(k) != identity.get(k))
-            if differing or store.manifest["n_parts"] != n_parts:
-                details = "; ".join(f"{k}: {recorded.get(k)!r} there, {identity.get(k)!r} now" for k in differing[:5])
-                msg = (
-                    f"{path} holds the results of a different perturbation run ({details or 'other parts'}). "
-                    "Resume it with the same arguments, model and cells, or write to a new path."
-                )
-                raise ValueError(msg)
-            return store
+        if not manifest.is_file():
+            cls._create(path, manifest, identity, n_parts)
+        store = cls(path)
+        recorded = store.manifest["identity"]
+        differing = sorted(k for k in set(recorded) | set(identity) if recorded.get(k) != identity.get(k))
+        if differing or store.manifest["n_parts"] != n_parts:
+            details = "; ".join(f"{k}: {recorded.get(k)!r} there, {identity.get(k)!r} now" for k in differing[:5])
+            msg = (
+                f"{path} holds the results of a different perturbation run ({details or 'other parts'}). "
+                "Resume it with the same arguments, model and cells, or write to a new path."
+            )
+            raise ValueError(msg)
+        store._clean_temporary_parts()
+        return store
+
+    @staticmethod
+    def _create(path: Path, manifest: Path, identity: dict[str, Any], n_parts: int) -> None:
+        """Create the manifest exclusively: of runs starting together, one creates it, the others compare with it."""
         # Only our own files may be there (the processes of a distributed run create the store together).
         foreign = (
-            [p.name for p in path.iterdir() if p.name != "parts" and ".manifest.json.tmp" not in p.name]
+            [
+                p.name
+                for p in path.iterdir()
+                if p.name not in ("parts", "manifest.json") and ".manifest.json.tmp" not in p.name
+            ]
             if (path.is_dir())
             else []
         )
@@ -104,8 +148,40 @@ class PerturbationStore:
             raise FileExistsError(msg)
         (path / "parts").mkdir(parents=True, exist_ok=True)
         content = {"format": FORMAT, "identity": identity, "n_parts": n_parts}
-        write_text_atomic(manifest, json.dumps(content, indent=1))  # every process writes the same, atomically
-        return cls(path)
+        temporary = manifest.with_name(f".manifest.json.tmp-{uuid.uuid4().hex[:12]}")
+        with open(temporary, "w") as file:
+            file.write(json.dumps(content, indent=1))
+            file.flush()
+            os.fsync(file.fileno())
+        try:
+            # link() fails when the manifest exists: a run that started at the same time won, and open() compares
+            # with its identity (the processes of one distributed run agree, a different screen is refused).
+            os.link(temporary, manifest)
+        except FileExistsError:
+            pass
+        finally:
+            temporary.unlink(missing_ok=True)
+
+    def _clean_temporary_parts(self) -> None:
+        """Remove the temporary part files a killed run left (only our own temporary names).
+
+        Files touched in the last minutes are kept: they may be parts being written by the other processes of a
+        distributed run that started together with this one.
+        """
+        import time
+
+        stale = time.time() - STALE_TEMPORARY_S
+        for leftover in (self.path / "parts").glob(".part-*.parquet.tmp-*"):
+            try:
+                if leftover.stat().st_mtime < stale:
+                    leftover.unlink()
+            except FileNotFoundError:
+                pass
+
+    @property
+    def run_id(self) -> str:
+        """The run's identity: sha256 of its manifest (recorded with its results, checked when they are read)."""
+        return hashlib.sha256(json.dumps(self.manifest, sort_keys=True).encode()).hexdigest()[:16]
 
     def part_path(self, part: int) -> Path:
         return self.path / "parts" / f"part-{part:06d}.parquet"
