@@ -32,6 +32,7 @@ RUNS = [
     "f3_V2_overexpress_all_cls_2cells",
     "f4_V2_delete_TMSB4X_B2M_cls_and_gene_20cells",
     "f5_V2_goal_state_delete_all_cls_3cells",
+    "g_V1_delete_anchor_B2M_combos_cell_2cells",
 ]
 
 
@@ -104,6 +105,7 @@ def test_perturbation_matches_reference(run):
         max_cells=max_cells,
         cell_cosine="gene_mean",
         gene_shifts="gene" in options["emb_mode"],
+        anchor_gene=options.get("anchor_gene"),
         vocabulary=shared_path("data", "dictionaries", DICTIONARIES[version]),
         reference_quirks=True,
         inplace=False,
