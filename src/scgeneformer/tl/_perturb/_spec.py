@@ -108,10 +108,7 @@ class GoalStates:
             "state_key": self.state_key,
             "start_state": self.start_state,
             "goal_state": self.goal_state,
-            # A string array, not a list: an empty list comes back from h5ad as a float array.
-            "alt_states": np.asarray(self.alt_states, dtype=str)
-            if all(isinstance(s, str) for s in self.alt_states)
-            else list(self.alt_states),
+            "alt_states": list(self.alt_states),
         }
 
     @classmethod
