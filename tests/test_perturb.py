@@ -318,12 +318,19 @@ def test_plots(setup):
     stats = sgf.tl.perturbation_stats(adata, "goal_state_shift", inplace=False)
     ax = sgf.pl.perturbation_shifts(adata, n_genes=5, show=False)
     assert len(ax.get_yticklabels()) == 5
-    shown = [t.get_text().removesuffix(" *") for t in ax.get_yticklabels()]
+    shown = [t.get_text().split(" ")[0] for t in ax.get_yticklabels()]
     assert shown[0] == stats.sort_values("shift_to_goal", ascending=False)["perturbed"].iloc[0]
+    # issue 22: cell counts in the ticks, the error bars named, no offset notation
+    assert all("(n=" in t.get_text() for t in ax.get_yticklabels()) and "standard error" in ax.get_xlabel()
+    assert not ax.xaxis.get_major_formatter().get_useOffset()
+    most = stats["n_detections"].max() if "n_detections" in stats else None
+    if most is not None:
+        few = sgf.pl.perturbation_shifts(adata, n_genes=50, min_cells=int(most), show=False)
+        assert all(int(t.get_text().split("(n=")[1].rstrip(")")) >= most for t in few.get_yticklabels())
     ax = sgf.pl.perturbation_distribution(adata, n_genes=3, show=False)
     assert len(ax.get_xticklabels()) == 3
     ax = sgf.pl.perturbation_heatmap(adata, n_perturbed=4, n_affected=6, show=False)
-    assert ax.images[0].get_array().shape == (4, 6)
+    assert ax.images[0].get_array().shape == (4, 6) and ax.get_title()
     with pytest.raises(KeyError, match="No perturbation results"):
         sgf.pl.perturbation_distribution(adata, ["NOT_A_GENE"], show=False)
     results = run(adata, model, vocab, max_cells=2, inplace=False)

@@ -35,6 +35,7 @@ def perturbation_shifts(
     key: str = "geneformer_perturb",
     n_genes: int = 20,
     alpha: float = 0.05,
+    min_cells: int = 1,
     ax: Axes | None = None,
     show: bool | None = None,
     save: bool | str | None = None,
@@ -56,6 +57,9 @@ def perturbation_shifts(
         Number of perturbations shown, largest effects first.
     alpha
         FDR threshold of the significance marks.
+    min_cells
+        Perturbations seen in fewer cells are left out of the ranking (their mean rests on too few cells).
+        Tick labels show each perturbation's number of cells (``n=``).
     ax, show, save, mod
         As in :func:`~scgeneformer.pl.confusion_matrix`.
 
@@ -73,6 +77,7 @@ def perturbation_shifts(
     results = PerturbationResults(data, key, mod)
     rows, label = _effect(results)
     summary = rows.groupby("perturbed", observed=True)["effect"].agg(["mean", "sem", "size"])
+    summary = summary[summary["size"] >= min_cells]  # genes seen in few cells do not top the ranking
     summary = summary.sort_values("mean", ascending=False).head(n_genes)
     fdr = _fdr_by_gene(results)
     ax_given = ax is not None
@@ -83,9 +88,10 @@ def perturbation_shifts(
     names = []
     for gene in summary.index:
         significant = gene in fdr and fdr[gene] < alpha
-        names.append(f"{gene} *" if significant else str(gene))
+        names.append(f"{gene}{' *' if significant else ''} (n={int(summary.loc[gene, 'size'])})")
     ax.set_yticks(positions, names)
-    ax.set_xlabel(label)
+    ax.set_xlabel(f"{label}\nmean ± standard error over cells (n = cells)")
+    ax.ticklabel_format(axis="x", useOffset=False)
     ax.axvline(0, color="black", linewidth=0.8)
     ax.set_title(f"top {len(summary)} perturbations" + (f" (* FDR < {alpha})" if fdr else ""))
     return finish(ax, "perturbation_shifts", show=show, save=save, ax_given=ax_given)
@@ -148,8 +154,11 @@ def perturbation_distribution(
     jitter = np.random.default_rng(0)
     for i, v in enumerate(values, start=1):
         ax.scatter(i + jitter.uniform(-0.15, 0.15, len(v)), v, s=6, color="black", alpha=0.5)
-    ax.set_xticks(range(1, len(genes) + 1), genes, rotation=90)
+    ax.set_xticks(
+        range(1, len(genes) + 1), [f"{g} (n={len(v)})" for g, v in zip(genes, values, strict=True)], rotation=90
+    )
     ax.set_ylabel(label)
+    ax.ticklabel_format(axis="y", useOffset=False)
     ax.axhline(0, color="grey", linewidth=0.8, linestyle="--")
     return finish(ax, "perturbation_distribution", show=show, save=save, ax_given=ax_given)
 
@@ -217,4 +226,5 @@ def perturbation_heatmap(
     ax.set_xlabel("affected gene")
     ax.set_ylabel("perturbed gene")
     ax.figure.colorbar(image, ax=ax, label="1 - cosine of the affected gene")
+    ax.set_title(f"mean effect on the {len(columns)} most affected genes of {len(matrix)} perturbations")
     return finish(ax, "perturbation_heatmap", show=show, save=save, ax_given=ax_given)

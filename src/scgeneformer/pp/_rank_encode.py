@@ -394,7 +394,8 @@ def _log_summary(vocab, plan, n_vars, n_mapped, mapped_share, n_empty, passes_fi
         )
     if n_empty:
         warnings.warn(
-            f"{n_empty} cells express no vocabulary gene and were not encoded (n_tokens = 0).",
+            f"{n_empty} cell{'s' if n_empty != 1 else ''} express{'' if n_empty != 1 else 'es'} no vocabulary gene and "
+            f"{'were' if n_empty != 1 else 'was'} not encoded (n_tokens = 0).",
             UserWarning,
             stacklevel=3,
         )

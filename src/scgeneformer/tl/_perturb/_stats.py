@@ -51,7 +51,7 @@ def perturbation_stats(
         - ``"goal_state_shift"`` (goal-state mode): per gene, the mean shift toward the goal (and alternative)
           states; with ``genes="all"``, a two-sided Wilcoxon rank-sum test of the gene's shifts against the pooled
           shifts of all perturbed genes (a random sample of 100,000 when larger, seeded as the reference), with
-          Benjamini–Hochberg FDR; ``significant`` = FDR < ``alpha``. Sorted by significance, then shift.
+          Benjamini–Hochberg FDR; ``significant`` (boolean) = FDR < ``alpha``. Sorted by significance, then shift.
         - ``"vs_null"``: per gene, its shifts against the same gene's shifts in ``null`` (e.g. a run on random or
           control cells): mean of each, difference, rank-sum p-value (1 where undefined), FDR.
         - ``"mixture_model"`` (``genes="all"``): a two-component Gaussian mixture over the genes' mean cosines;
@@ -92,7 +92,7 @@ def perturbation_stats(
     >>> treatment = {"state_key": "condition", "start_state": "stim", "goal_state": "ctrl"}
     >>> sgf.tl.perturb(adata, model, "all", states=treatment)  # doctest: +SKIP
     >>> stats = sgf.tl.perturbation_stats(adata, "goal_state_shift", inplace=False)  # doctest: +SKIP
-    >>> stats[stats["significant"] == 1].head()  # doctest: +SKIP
+    >>> stats[stats["significant"]].head()  # doctest: +SKIP
     """
     if mode not in MODES:
         msg = f"mode must be one of {MODES}, got {mode!r}."
@@ -196,7 +196,7 @@ def goal_state_shift(
     for alt in alts:
         genes[f"fdr_{alt}"] = _fdr(genes[f"pval_{alt}"])
     genes["n_detections"] = [len(v) for v in goal_values]
-    genes["significant"] = (genes["fdr_goal"] < alpha).astype(int)
+    genes["significant"] = (genes["fdr_goal"] < alpha).to_numpy(dtype=bool)
     genes = genes.sort_values(
         ["significant", "shift_to_goal", "fdr_goal"], ascending=[False, False, True], kind="stable"
     )
@@ -231,7 +231,7 @@ def vs_null(cell_rows: pd.DataFrame, null_rows: pd.DataFrame, column: str, *, al
     genes["fdr"] = _fdr(genes["pval"])
     genes["n_test"] = [len(v) for v in test_values]
     genes["n_null"] = [len(v) for v in nulls]
-    genes["significant"] = (genes["fdr"] < alpha).astype(int)
+    genes["significant"] = (genes["fdr"] < alpha).to_numpy(dtype=bool)
     genes = genes.sort_values(["significant", "test_minus_null", "fdr"], ascending=[False, False, True], kind="stable")
     return genes.reset_index(drop=True)
 
