@@ -492,8 +492,15 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(e.exit_code)
         # KeyError's str() adds quotes around the message
         text = e.args[0] if isinstance(e, KeyError) and e.args and isinstance(e.args[0], str) else str(e)
-        typer.echo(f"error: {text}", err=True)
+        typer.echo(f"error: {cli_text(text)}", err=True)
         sys.exit(1)
+
+
+def cli_text(text: str) -> str:
+    """Name command-line flags, not Python arguments, in an error text (``encoding_key=`` -> ``--encoding-key``)."""
+    import re
+
+    return re.sub(r"`(\w+)=[^`]*`", lambda m: "--" + m.group(1).replace("_", "-"), text)
 
 
 def demo_main(argv: list[str] | None = None) -> None:
