@@ -37,6 +37,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # plain click help: rich's option table truncates long option names on an 80-column terminal
+    rich_markup_mode=None,
 )
 
 Input = Annotated[Path, typer.Argument(help="Input .h5ad (or .h5mu) file.", exists=True, dir_okay=False)]
