@@ -310,7 +310,13 @@ def _options(
 def encode(
     input: Input,
     output: Output,
-    vocabulary: Annotated[str, typer.Option(help="V1, V2 or a folder of dictionary files; must match the model used next (V2 for Geneformer-V2-*, V1 for Geneformer-V1-*, e.g. the demo's default).")] = "V2",
+    vocabulary: Annotated[
+        str,
+        typer.Option(
+            help="V1, V2 or a folder of dictionary files; must match the model used next "
+            "(V2 for Geneformer-V2-*, V1 for Geneformer-V1-*, e.g. the demo's default)."
+        ),
+    ] = "V2",
     gene_id_key: Annotated[str | None, typer.Option(help=".var column with gene IDs (default: var_names).")] = None,
     layer: Annotated[str | None, typer.Option(help="Layer with raw counts (default: X).")] = None,
     n_counts_key: Annotated[str | None, typer.Option(help=".obs column with total counts.")] = None,
