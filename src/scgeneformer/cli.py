@@ -37,6 +37,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # plain click help: rich's option table truncates long option names on an 80-column terminal
+    rich_markup_mode=None,
 )
 
 Input = Annotated[Path, typer.Argument(help="Input .h5ad (or .h5mu) file.", exists=True, dir_okay=False)]
@@ -308,7 +310,13 @@ def _options(
 def encode(
     input: Input,
     output: Output,
-    vocabulary: Annotated[str, typer.Option(help="V1, V2 or a folder of dictionary files.")] = "V2",
+    vocabulary: Annotated[
+        str,
+        typer.Option(
+            help="V1, V2 or a folder of dictionary files; must match the model used next "
+            "(V2 for Geneformer-V2-*, V1 for Geneformer-V1-*, e.g. the demo's default)."
+        ),
+    ] = "V2",
     gene_id_key: Annotated[str | None, typer.Option(help=".var column with gene IDs (default: var_names).")] = None,
     layer: Annotated[str | None, typer.Option(help="Layer with raw counts (default: X).")] = None,
     n_counts_key: Annotated[str | None, typer.Option(help=".obs column with total counts.")] = None,
@@ -492,8 +500,15 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(e.exit_code)
         # KeyError's str() adds quotes around the message
         text = e.args[0] if isinstance(e, KeyError) and e.args and isinstance(e.args[0], str) else str(e)
-        typer.echo(f"error: {text}", err=True)
+        typer.echo(f"error: {cli_text(text)}", err=True)
         sys.exit(1)
+
+
+def cli_text(text: str) -> str:
+    """Name command-line flags, not Python arguments, in an error text (``encoding_key=`` -> ``--encoding-key``)."""
+    import re
+
+    return re.sub(r"`(\w+)=[^`]*`", lambda m: "--" + m.group(1).replace("_", "-"), text)
 
 
 def demo_main(argv: list[str] | None = None) -> None:
