@@ -117,4 +117,4 @@ def test_results_name_their_store_absolutely_and_are_verified(tmp_path, monkeypa
     shutil.rmtree("screen")
     PerturbationStore.open("screen", {**IDENTITY, "cells": "other"}, 1)
     with pytest.raises(ValueError, match="holds another run"):
-        reader.store
+        _ = reader.store
