@@ -76,7 +76,7 @@ def test_empty_cells_are_reported(vocab_v2):
     X = adata.X.toarray()
     X[2, :50] = 0
     adata.X = sp.csr_matrix(X)
-    with pytest.warns(UserWarning, match="1 cells express no vocabulary gene"):
+    with pytest.warns(UserWarning, match="1 cell expresses no vocabulary gene"):
         sgf.pp.rank_encode(adata, vocabulary=vocab_v2)
     assert adata.obs["geneformer_n_tokens"].iloc[2] == 0
     assert sgf.pp.input_ids(adata, [2])[0].size == 0
