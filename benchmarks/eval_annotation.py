@@ -118,7 +118,9 @@ def pooled_corpus(encoded: dict, vocab_size: int):
         ]
     )
     obs["dataset"] = obs["dataset"].astype("category")
-    var = pd.DataFrame({f"{KEY}_token": np.arange(vocab_size)}, index=[str(t) for t in range(vocab_size)])
+    # one column per token id; the special tokens (<pad>, <mask>: ids 0 and 1) are no genes
+    tokens = np.arange(vocab_size)
+    var = pd.DataFrame({f"{KEY}_token": np.where(tokens < 2, -1, tokens)}, index=[str(t) for t in range(vocab_size)])
     layer = sp.vstack([to_token_space(a, vocab_size) for a in encoded.values()], format="csr")
     corpus = ad.AnnData(obs=obs, var=var, layers={f"{KEY}_ranks": layer})
     corpus.uns[KEY] = {"params": dict(first.uns[KEY]["params"])}

@@ -48,10 +48,21 @@ def main(output: Path) -> None:
     two_processes = quiet | {"devices": 2, "strategy": "ddp"}
     stored = sgf.tl.perturb(adata, model, "all", execution=two_processes, out=output.with_name("store"), **options)
     one = sgf.tl.perturb(adata, model, "all", execution=quiet, **options)
+    # two-stage screens: stage 1 over both processes, candidates from all cells, stage 2 over both processes
+    screen = options | {"screen": "two_stage", "n_confirm": 3, "n_confirm_genes": 2}
+    two_screen = sgf.tl.perturb(adata, model, "all", execution=two_processes, **screen)
+    stored_screen = sgf.tl.perturb(
+        adata, model, "all", execution=two_processes, out=output.with_name("store_screen"), **screen
+    )
+    one_screen = sgf.tl.perturb(adata, model, "all", execution=quiet, **screen)
     if rank == 0:
         two["cells"].to_pickle(output.with_name("perturb_ddp.pkl"))
         one["cells"].to_pickle(output.with_name("perturb_local.pkl"))
         sgf.tl.read_perturbation_store(stored["path"])["cells"].to_pickle(output.with_name("perturb_store.pkl"))
+        two_screen["cells"].to_pickle(output.with_name("screen_ddp.pkl"))
+        one_screen["cells"].to_pickle(output.with_name("screen_local.pkl"))
+        store_table = sgf.tl.read_perturbation_store(stored_screen["path"])["cells"]
+        store_table.to_pickle(output.with_name("screen_store.pkl"))
     if rank == 0:
         np.save(output.with_name("ddp.npy"), adata.obsm["X_ddp"])
         np.save(output.with_name("local.npy"), adata.obsm["X_local"])

@@ -34,3 +34,12 @@ def test_two_process_cpu_ddp_training_and_inference(tmp_path):
         for column in ("cell", "perturbed", "affected"):  # the same rows in the same order
             assert other[column].astype(str).tolist() == one[column].astype(str).tolist(), (name, column)
         np.testing.assert_array_equal(other["cosine"].to_numpy(), one["cosine"].to_numpy())
+    # two-stage screens over two processes (in memory and in a store) equal one process's, estimates included
+    one = pd.read_pickle(tmp_path / "screen_local.pkl")
+    assert 0 < one["confirmed"].sum() < len(one)
+    for name in ("screen_ddp.pkl", "screen_store.pkl"):
+        other = pd.read_pickle(tmp_path / name)
+        for column in ("cell", "perturbed", "affected"):
+            assert other[column].astype(str).tolist() == one[column].astype(str).tolist(), (name, column)
+        np.testing.assert_array_equal(other["confirmed"].to_numpy(), one["confirmed"].to_numpy())
+        np.testing.assert_array_equal(other["cosine"].to_numpy(), one["cosine"].to_numpy())

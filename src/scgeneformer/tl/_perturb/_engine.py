@@ -56,6 +56,8 @@ class ChunkResult:
     gene_token: np.ndarray | None = None
     gene_position: np.ndarray | None = None
     gene_cosine: np.ndarray | None = None
+    #: two-stage screens: which rows are exact (the others are stage-1 estimates); ``None``: all exact
+    confirmed: np.ndarray | None = None
 
 
 def _state_shifts(perturbed: torch.Tensor, original: torch.Tensor, states: torch.Tensor) -> torch.Tensor:

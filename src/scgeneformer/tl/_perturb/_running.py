@@ -65,6 +65,7 @@ def run_here(
     *,
     keep: bool,
     n_perturbations: int,
+    desc: str = "perturbations",
 ) -> tuple[list[ChunkResult], dict]:
     """Run the parts ``todo`` in this process, on ``execution.device``, with a progress bar over all perturbations.
 
@@ -77,7 +78,7 @@ def run_here(
         progress_bar(
             total=n_perturbations,
             initial=int(sum(plan.n_perturbations[p] for p in done)),
-            desc="perturbations",
+            desc=desc,
             unit="seq",
             disable=not execution.show_progress,
         ) as bar,

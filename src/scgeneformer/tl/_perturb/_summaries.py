@@ -30,6 +30,8 @@ def summarize(cell_rows: pd.DataFrame, state_columns: Sequence[str]) -> pd.DataF
     aggregations = {"n_cells": ("cosine", "size"), "cosine_mean": ("cosine", "mean")}
     for column in state_columns:
         aggregations[f"{column}_mean"] = (column, "mean")
+    if "confirmed" in rows.columns:  # two-stage screens: in how many of its cells each row is exact
+        aggregations["n_confirmed"] = ("confirmed", "sum")
     summary = rows.groupby(keys, observed=True, sort=False).agg(**aggregations).reset_index()
     for column in keys:
         summary[column] = summary[column].astype(str)
@@ -42,14 +44,18 @@ def summarize_store(store: PerturbationStore, state_columns: Sequence[str]) -> p
 
     keys = ["perturbed", "perturbed_id", "perturbed_token"]
     values = ["cosine", *state_columns]
-    parts = (p.astype(dict.fromkeys(keys, str)) for p in store.iter_parts([*keys, *values], cell_rows=True))
-    totals = grouped_sums(parts, keys, values)
+    two_stage = "screen" in store.manifest["identity"]
+    columns = [*keys, *values, *(["confirmed"] if two_stage else [])]
+    parts = (p.astype(dict.fromkeys(keys, str)) for p in store.iter_parts(columns, cell_rows=True))
+    totals = grouped_sums(parts, keys, [*values, *(["confirmed"] if two_stage else [])])
     if totals is None:
         return pd.DataFrame(columns=[*keys, "n_cells", "cosine_mean"])
     summary = pd.DataFrame(index=totals.index)
     summary["n_cells"] = totals["_n"].astype(np.int64)
     for column in values:
         summary[f"{column}_mean"] = (totals[f"{column}_sum"] / totals["_n"]).astype(np.float32)
+    if two_stage:
+        summary["n_confirmed"] = totals["confirmed_sum"].astype(np.int64)
     return order_summary(summary.reset_index(), state_columns)
 
 

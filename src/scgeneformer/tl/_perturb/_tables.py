@@ -103,6 +103,9 @@ class ResultTables:
         )
         for i, column in enumerate(self.state_columns):
             cell_rows[column] = shifts[:, i]
+        two_stage = bool(results) and results[0].confirmed is not None
+        if two_stage:  # exact rows, and the rest: stage-1 estimates
+            cell_rows["confirmed"] = np.concatenate([r.confirmed for r in results])[order]
 
         table = cell_rows
         gene_results = [r for r in results if r.gene_job is not None]
@@ -137,6 +140,8 @@ class ResultTables:
             )
             for column in self.state_columns:
                 gene_rows[column] = np.float32(np.nan)
+            if two_stage:
+                gene_rows["confirmed"] = True  # gene shifts come from exact runs only
             # each perturbation's cell row, then its gene rows
             keys = np.r_[cell_keys, gene_keys]
             table = pd.concat([cell_rows, gene_rows], ignore_index=True)

@@ -1,0 +1,207 @@
+"""Two-stage deletion screens (issue 21): stage-1 estimates, exact confirmations, stores, goal states, refusals."""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from helpers import encoded_counts, tiny_model
+
+import scgeneformer as sgf
+from scgeneformer.tl._perturb import _engine, _planning
+from scgeneformer.tl._perturb._engine import EngineSpec
+from scgeneformer.tl._perturb._estimate import anchor_positions, estimate_deletions
+
+QUIET = {"accelerator": "cpu", "progress_bar": False}
+
+
+@pytest.fixture
+def setup(vocab):
+    adata = encoded_counts(vocab, n_obs=12, seed=5)
+    adata.obs["state"] = pd.Categorical(np.array(["a", "b", "c"])[np.arange(adata.n_obs) % 3])
+    return adata, tiny_model(vocab, layers=3), vocab
+
+
+def screen(adata, model, vocab, **kwargs):
+    options = {"vocabulary": vocab, "inplace": False, "execution": QUIET, "max_cells": 6} | kwargs
+    return sgf.tl.perturb(adata, model, "all", **options)
+
+
+def cell_rows(result) -> pd.DataFrame:
+    table = result["cells"]
+    return table[table["affected"].astype(str) == "cell"].reset_index(drop=True)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"cell_cosine": "gene_mean"}, {"states": {"state_key": "state", "start_state": "a", "goal_state": "b"}}],
+)
+def test_confirmed_rows_are_the_exact_screens_values(setup, options):
+    adata, model, vocab = setup
+    exact = screen(adata, model, vocab, **options)
+    result = screen(adata, model, vocab, screen="two_stage", n_confirm=4, n_confirm_genes=3, **options)
+    got, expected = cell_rows(result), cell_rows(exact)
+    # every perturbation is reported, in the exact screen's order; the exact table has no `confirmed` column
+    assert "confirmed" not in exact["cells"]
+    for column in ("cell", "perturbed", "perturbed_token"):
+        assert got[column].astype(str).tolist() == expected[column].astype(str).tolist()
+    confirmed = got["confirmed"].to_numpy()
+    assert confirmed.dtype == bool and 0 < confirmed.sum() < len(confirmed)
+    value_columns = ["cosine", *[c for c in got if c.startswith("shift_")]]
+    for column in value_columns:  # equal up to float rounding (stage 2 batches the deletions differently)
+        np.testing.assert_allclose(got.loc[confirmed, column], expected.loc[confirmed, column], rtol=0, atol=3e-7)
+    # at least n_confirm per cell, and the top genes across cells in all their cells
+    assert (got.groupby("cell", observed=True)["confirmed"].sum() >= 4).all()
+    summary = result["genes"]
+    assert {"n_cells", "n_confirmed"} <= set(summary)
+    top_genes = summary["perturbed"].head(3)
+    top = summary[summary["perturbed"].isin(top_genes)]
+    assert (top["n_confirmed"] == top["n_cells"]).all() or options.get("states")
+    assert result["params"]["screen"]["method"] == "two_stage"
+    assert result["params"]["screen"]["n_confirmed"] == int(confirmed.sum())
+
+
+def test_confirming_everything_is_the_exact_screen(setup):
+    adata, model, vocab = setup
+    exact = screen(adata, model, vocab, gene_shifts=True)
+    result = screen(adata, model, vocab, gene_shifts=True, screen="two_stage", n_confirm=10_000)
+    assert result["cells"]["confirmed"].all()
+    table = result["cells"].drop(columns="confirmed")
+    pd.testing.assert_frame_equal(table, exact["cells"], check_categorical=False)
+
+
+def test_estimates_are_deterministic_and_close_for_a_tiny_model(setup):
+    adata, model, vocab = setup
+    estimate_only = {"screen": "two_stage", "n_confirm": 0, "n_confirm_genes": 0, "pooling": "mean"}
+    first = cell_rows(screen(adata, model, vocab, **estimate_only))
+    second = cell_rows(screen(adata, model, vocab, **estimate_only))
+    assert not first["confirmed"].any()
+    np.testing.assert_array_equal(first["cosine"].to_numpy(), second["cosine"].to_numpy())
+    exact = cell_rows(screen(adata, model, vocab, pooling="mean"))
+    shift, estimate = 1 - exact["cosine"].to_numpy(np.float64), 1 - first["cosine"].to_numpy(np.float64)
+    assert np.corrcoef(shift, estimate)[0, 1] > 0.9
+
+
+def naive_estimate(original, anchors, anchor_hidden, i, special, pooling):
+    """The estimated pooled embedding of deleting position ``i``, built row by row (the module's rule)."""
+    n = original.shape[0]
+    first, end = (1, n - 1) if special else (0, n)
+    bounds = [*anchors.tolist(), end]
+    hidden = [*anchor_hidden, original[: n - 1]]
+    k = max(j for j in range(len(anchors)) if anchors[j] <= i)
+    a, b = bounds[k], bounds[k + 1]
+    left, right = hidden[k], hidden[k + 1]
+    w = (i - a) / (b - a)
+    rows = []
+    for p in range(n - 1):
+        if a <= p < i:
+            rows.append(right[p])
+        elif i <= p < b:
+            rows.append(left[p])
+        else:
+            rows.append((1 - w) * left[p] + w * right[p])
+    rows = torch.stack(rows)
+    if pooling == "cls":
+        return rows[0]
+    return rows[first : end - 1].mean(0)
+
+
+@pytest.mark.parametrize("special", [False, True])
+@pytest.mark.parametrize("pooling", ["mean", "cls"])
+def test_prefix_sums_equal_the_row_by_row_estimate(special, pooling):
+    if pooling == "cls" and not special:
+        pytest.skip("<cls> pooling needs the special tokens")
+    generator = torch.Generator().manual_seed(0)
+    n, d = 17, 5
+    original = torch.randn(n, d, generator=generator, dtype=torch.float64)
+    first, end = (1, n - 1) if special else (0, n)
+    anchors = anchor_positions(first, end, 3)
+    assert anchors[0] == first and len(anchors) == 3
+    anchor_hidden = [torch.randn(n - 1, d, generator=generator, dtype=torch.float64) for _ in anchors]
+    deleted = np.arange(first, end)
+    states = torch.randn(2, d, generator=generator)
+    engine = EngineSpec(1, pooling, "pooled", states, gene_shifts=False, token_budget=1000)
+    cosine, shifts = estimate_deletions(original, anchors, anchor_hidden, deleted, engine, special)
+    pooled = original[0] if pooling == "cls" else original[first:end].mean(0)
+    cos = torch.nn.functional.cosine_similarity
+    for row, i in enumerate(deleted):
+        estimate = naive_estimate(original, anchors, anchor_hidden, int(i), special, pooling)
+        assert cosine[row] == pytest.approx(float(cos(estimate, pooled, dim=0)), abs=1e-12)
+        expected = cos(estimate[None], states.double(), dim=-1) - cos(pooled[None], states.double(), dim=-1)
+        np.testing.assert_allclose(shifts[row], expected.numpy(), atol=1e-12)
+    # anchors are exact deletions: their estimate is the anchor's own pooled embedding
+    a = 1
+    exact_pooled = anchor_hidden[a][0] if pooling == "cls" else anchor_hidden[a][first : end - 1].mean(0)
+    assert cosine[anchors[a] - first] == pytest.approx(float(cos(exact_pooled, pooled, dim=0)), abs=1e-12)
+
+
+def test_a_two_stage_store_resumes_to_the_uninterrupted_results(setup, tmp_path, monkeypatch):
+    adata, model, vocab = setup
+    monkeypatch.setattr(_planning, "CHUNK_TOKENS", 1500)  # several parts
+    options = {"screen": "two_stage", "n_confirm": 3, "n_confirm_genes": 2, "gene_shifts": True}
+    uninterrupted = screen(adata, model, vocab, **options)
+    run_chunk, calls = _engine.run_chunk, []
+
+    def failing(*args, **kwargs):  # the run dies in stage 2, after its first part
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return run_chunk(*args, **kwargs)
+
+    monkeypatch.setattr("scgeneformer.tl._perturb._two_stage.run_chunk", failing)
+    with pytest.raises(KeyboardInterrupt):
+        screen(adata, model, vocab, out=tmp_path / "store", **options)
+    assert len(list((tmp_path / "store" / "parts").glob("part-*.parquet"))) == 1
+    monkeypatch.setattr("scgeneformer.tl._perturb._two_stage.run_chunk", run_chunk)
+    with pytest.raises(ValueError, match="n_confirm"):  # another screen is another run
+        screen(adata, model, vocab, out=tmp_path / "store", **(options | {"n_confirm": 4}))
+    resumed = screen(adata, model, vocab, out=tmp_path / "store", **options)
+    stored = sgf.tl.read_perturbation_store(resumed["path"])["cells"]
+    expected = uninterrupted["cells"]
+    assert len(stored) == len(expected)
+    for column in expected:
+        if isinstance(expected[column].dtype, pd.CategoricalDtype):
+            assert stored[column].astype(str).tolist() == expected[column].astype(str).tolist(), column
+        else:
+            np.testing.assert_array_equal(stored[column].to_numpy(), expected[column].to_numpy(), err_msg=column)
+    summary = resumed["genes"]
+    assert summary["perturbed"].tolist() == uninterrupted["genes"]["perturbed"].tolist()
+    np.testing.assert_array_equal(summary["n_confirmed"], uninterrupted["genes"]["n_confirmed"])
+
+
+def test_two_stage_results_survive_files_and_feed_stats_and_plots(setup, tmp_path):
+    adata, model, vocab = setup
+    states = {"state_key": "state", "start_state": "a", "goal_state": "b"}
+    sgf.tl.perturb(
+        adata, model, "all", vocabulary=vocab, execution=QUIET, states=states, screen="two_stage", n_confirm=3
+    )
+    adata.write_h5ad(tmp_path / "a.h5ad")
+    adata.write_zarr(tmp_path / "a.zarr")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    for back in (ad.read_h5ad(tmp_path / "a.h5ad"), ad.read_zarr(tmp_path / "a.zarr")):
+        table = back.uns["geneformer_perturb"]["cells"]
+        assert table["confirmed"].dtype == bool
+        stats = sgf.tl.perturbation_stats(back, "goal_state_shift", inplace=False)
+        assert "n_confirmed" in stats
+        sgf.pl.perturbation_shifts(back, show=False)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"screen": "fast"}, "screen must be"),
+        ({"screen": "two_stage", "perturbation": "overexpress"}, "single-gene deletions"),
+        ({"screen": "two_stage", "anchor_gene": "GENE3"}, "anchor"),
+        ({"screen": "two_stage", "n_confirm": -1}, "n_confirm"),
+    ],
+)
+def test_two_stage_refuses_what_it_cannot_estimate(setup, kwargs, match):
+    adata, model, vocab = setup
+    with pytest.raises(ValueError, match=match):
+        screen(adata, model, vocab, **kwargs)
+    with pytest.raises(ValueError, match="single-gene deletions"):
+        sgf.tl.perturb(adata, model, ["GENE3"], vocabulary=vocab, screen="two_stage")
