@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import scipy.sparse as sp
 
-from .._data._anndata import copy_data, get_matrix, iter_row_chunks, resolve_adata
+from .._data._anndata import copy_data, get_matrix, iter_row_chunks, resolve_adata, show_in_mudata
 from .._data._encoding import encoding_keys
 from .._settings import logger
 from .._utils._parallel import default_n_jobs, ordered_parallel_map
@@ -252,6 +252,7 @@ def rank_encode(
         "n_cells_filtered": int((~passes_filter).sum()),
         "n_cells_truncated": n_truncated,
     }
+    show_in_mudata(data, mod, obs=[keys.n_tokens], var=[keys.token])
     if sink.in_backing_file:
         _persist_in_backing_file(adata)
     logger.info("rank_encode: %d cells in %.2f s", adata.n_obs, time.perf_counter() - start_time)

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from .._data._anndata import cell_mask, copy_data, resolve_adata, writable_names
+from .._data._anndata import cell_mask, copy_data, resolve_adata, show_in_mudata, writable_names
 from .._settings import logger
 
 if TYPE_CHECKING:
@@ -136,6 +136,7 @@ def embed(
         adata.varm[f"{key_added}_genes"] = out.genes
         adata.var[f"{key_added}_genes_n_cells"] = out.gene_n_cells
         params["gene_embedding_cells"] = int(gene_cells.sum())
+        show_in_mudata(data, mod, var=[f"{key_added}_genes_n_cells"])
     logger.info("embed: %d cells in %.1f s", adata.n_obs, time.perf_counter() - start)
     return data if copy else None
 
