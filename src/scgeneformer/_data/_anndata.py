@@ -79,7 +79,8 @@ def show_in_mudata(
 
 def _positions_in_mudata(data: MuData, mod: str, attr: str, own_names, names) -> np.ndarray:
     """For each MuData row (cell or gene), its position in the modality, -1 where it has none."""
-    mapping = getattr(data, f"{attr}map", {}).get(mod) if hasattr(data, f"{attr}map") else None
+    maps = getattr(data, f"{attr}map", None)  # kept by mudata since its construction or last update()
+    mapping = maps.get(mod) if maps is not None else None
     if mapping is not None and len(mapping) == len(names):
         return np.asarray(mapping, dtype=np.int64).ravel() - 1  # mudata's map counts from 1; 0: absent
     return np.asarray(own_names.get_indexer(names), dtype=np.int64)
