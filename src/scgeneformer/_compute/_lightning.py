@@ -40,6 +40,11 @@ def lightning_run():
     if settings.log_level > logging.INFO:
         for log in loggers:
             log.setLevel(max(log.level, logging.WARNING))
+    # Lightning's "💡 Tip" records advertise its cloud services (litlogger, litmodels) on every Trainer, also at
+    # "info": they say nothing about the run. Its loggers log through rank-zero helpers in these modules.
+    rank_zero = [logging.getLogger(f"{name}.utilities.rank_zero") for name in names]
+    for log in rank_zero:
+        log.addFilter(_no_advertisements)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
@@ -51,6 +56,13 @@ def lightning_run():
     finally:
         for log, level in zip(loggers, levels, strict=True):
             log.setLevel(level)
+        for log in rank_zero:
+            log.removeFilter(_no_advertisements)
+
+
+def _no_advertisements(record) -> bool:
+    """Drop Lightning's advertising tips (see :func:`lightning_run`), keep every other record."""
+    return not str(record.msg).startswith("💡 Tip")
 
 
 def trainer_defaults(n_batches: int | None = None) -> dict[str, Any]:

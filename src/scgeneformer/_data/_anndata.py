@@ -14,7 +14,7 @@ import scipy.sparse as sp
 from ._encoding import EncodingInfo
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterable, Iterator
 
     from anndata import AnnData
     from mudata import MuData
@@ -44,6 +44,46 @@ def resolve_adata(data: AnnData | MuData | Corpus, mod: str = "rna") -> AnnData:
         return mods[mod]
     msg = f"Expected an AnnData, a MuData or an sgf.Corpus (sgf.read_corpus), got {type(data).__name__}."
     raise TypeError(msg)
+
+
+def show_in_mudata(
+    data: AnnData | MuData | Corpus, mod: str = "rna", *, obs: Iterable[str] = (), var: Iterable[str] = ()
+) -> None:
+    """Make columns a tool wrote into a MuData's ``mod`` modality visible at the MuData level.
+
+    Each ``.obs``/``.var`` column ``col`` becomes ``mdata.obs[f"{mod}:{col}"]`` (``.var`` alike), the name
+    :meth:`mudata.MuData.update` gives it, so users need not call ``update()``. Only the columns named are
+    copied: mudata 0.3's ``update()`` warns (FutureWarning) and re-reads every column, and its ``pull_obs``
+    converts dtypes (a float column of whole numbers becomes integers) and warns from pandas. ``.obsm``,
+    ``.varm``, ``.layers`` and ``.uns`` stay in the modality, as with mudata (``mdata["rna"].obsm``). Nothing
+    happens for an AnnData or a corpus.
+    """
+    mods = getattr(data, "mod", None)
+    if mods is None or mod not in mods:
+        return
+    adata = mods[mod]
+    for attr, columns in (("obs", obs), ("var", var)):
+        frame, names = getattr(adata, attr), getattr(data, f"{attr}_names")
+        positions = _positions_in_mudata(data, mod, attr, getattr(adata, f"{attr}_names"), names)
+        target = getattr(data, attr)
+        for column in columns:
+            values = frame[column]
+            if (positions >= 0).all():
+                aligned = values.iloc[positions].set_axis(names)
+            else:  # cells (genes) of other modalities only: missing values, integers and booleans stay so
+                if values.dtype.kind in "iub":
+                    values = values.astype("Int64" if values.dtype.kind in "iu" else "boolean")
+                aligned = values.reset_index(drop=True).reindex(positions).set_axis(names)
+            target[f"{mod}:{column}"] = aligned
+
+
+def _positions_in_mudata(data: MuData, mod: str, attr: str, own_names, names) -> np.ndarray:
+    """For each MuData row (cell or gene), its position in the modality, -1 where it has none."""
+    maps = getattr(data, f"{attr}map", None)  # kept by mudata since its construction or last update()
+    mapping = maps.get(mod) if maps is not None else None
+    if mapping is not None and len(mapping) == len(names):
+        return np.asarray(mapping, dtype=np.int64).ravel() - 1  # mudata's map counts from 1; 0: absent
+    return np.asarray(own_names.get_indexer(names), dtype=np.int64)
 
 
 def encoding_of(data: AnnData | MuData | Corpus, key: str = "geneformer", mod: str = "rna") -> EncodingInfo | Corpus:

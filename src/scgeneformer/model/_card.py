@@ -16,6 +16,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+from .._utils._text import counted
 from .._version import __version__
 
 CARD_FILE = "README.md"
@@ -58,8 +59,8 @@ def front_matter(facts: CardFacts) -> dict[str, Any]:
     matter: dict[str, Any] = {
         "library_name": "scgeneformer",
         "tags": ["single-cell", "geneformer", "scverse", "scgeneformer"],
-        "base_model": facts.checkpoint.split(" + ")[0] if facts.checkpoint else None,
-        "history": facts.checkpoint,
+        "base_model": base_model(facts.checkpoint),
+        "history": _shareable_history(facts.checkpoint),
         "vocabulary": facts.vocabulary,
         "architecture": facts.architecture,
         "classes": facts.classes,
@@ -73,6 +74,52 @@ def front_matter(facts: CardFacts) -> dict[str, Any]:
     if facts.metrics is not None:
         matter["metrics"] = facts.metrics
     return matter
+
+
+def base_model(checkpoint: str | None) -> str | None:
+    """The card's ``base_model``: where the weights first came from, as a value that can be shared.
+
+    The Hugging Face repository id for a published checkpoint (``ctheodoris/Geneformer``, the checkpoint's name
+    stays in ``history``) or for a model loaded from the hub; for weights loaded from a local folder only the
+    folder's name, never its path, which would tell readers of the card where the files lay on the author's
+    machine. ``None`` for a new model.
+    """
+    base = _first_weights(checkpoint)
+    if base is None:
+        return None
+    from .._hub._checkpoints import get_checkpoint
+    from .._settings import HF_REPO
+
+    return HF_REPO if get_checkpoint(base) is not None else _shareable(base)
+
+
+def _first_weights(checkpoint: str | None) -> str | None:
+    """The origin in a model's checkpoint label (``"<origin>[ (8-bit)] + classifier + …"``), or ``None``."""
+    if not checkpoint:
+        return None
+    return _BITS.sub("", checkpoint.split(" + ")[0])
+
+
+_BITS = re.compile(r" \(\d+-bit\)$")
+# A Hugging Face repository id: "owner/name", neither absolute nor relative to the current or home folder.
+_REPO_ID = re.compile(r"\A[\w][\w.-]*/[\w][\w.-]*\Z")
+
+
+def _shareable(origin: str) -> str:
+    """A published name or hub repository id as it is; a local path reduced to its folder's name."""
+    from .._hub._checkpoints import get_checkpoint
+
+    if get_checkpoint(origin) is not None or (_REPO_ID.match(origin) and not Path(origin).exists()):
+        return origin
+    return Path(origin).name or origin
+
+
+def _shareable_history(checkpoint: str | None) -> str | None:
+    """The checkpoint label with a local path at its start reduced to the folder's name (see :func:`base_model`)."""
+    base = _first_weights(checkpoint)
+    if base is None:
+        return checkpoint
+    return _shareable(base) + checkpoint[len(base) :]
 
 
 # Characters a YAML parser reads as line breaks (NEL, LS, PS) or refuses unescaped (C1 controls, DEL, surrogates,
@@ -120,7 +167,7 @@ def model_card(facts: CardFacts) -> str:
     data = matter.get("training_data")
     if data:
         lines.append(
-            f"- Training data: {data['n_cells']} cells (labels from `{_inline(data['labels_key'])}`; "
+            f"- Training data: {counted(data['n_cells'], 'cell')} (labels from `{_inline(data['labels_key'])}`; "
             "train/validation/test "
             f"{data['n_train']}/{data['n_validation']}/{data['n_test']})"
         )
@@ -128,7 +175,7 @@ def model_card(facts: CardFacts) -> str:
     if metrics:
         lines.append(
             f"- Test metrics: accuracy {metrics.get('accuracy', float('nan')):.4f}, macro-F1 "
-            f"{metrics.get('macro_f1', float('nan')):.4f} on {metrics.get('n_cells')} cells"
+            f"{metrics.get('macro_f1', float('nan')):.4f} on {counted(metrics.get('n_cells'), 'cell')}"
         )
     lines += [
         f"- Saved with scgeneformer {matter['scgeneformer_version']} on {matter['saved']}",

@@ -10,6 +10,7 @@ import pandas as pd
 
 from .._data._encoding import EncodingInfo
 from .._settings import logger
+from .._utils._text import counted
 from ..vocabulary import normalize_gene_id
 
 
@@ -130,7 +131,7 @@ def resolve_gene_labels(info: EncodingInfo, gene_labels: Mapping[str, object] | 
     pairs = pairs.sort_values("token")
     codes = pd.Categorical(pairs["class"], categories=classes).codes.astype(np.int64)
     counts = ", ".join(f"{c}: {int((codes == i).sum())}" for i, c in enumerate(classes))
-    logger.info("Gene labels: %d genes in the encoded cells (%s).", len(pairs), counts)
+    logger.info("Gene labels: %s in the encoded cells (%s).", counted(len(pairs), "gene"), counts)
     return GeneLabels(
         classes=classes,
         tokens=pairs["token"].to_numpy(dtype=np.int64),

@@ -76,6 +76,18 @@ class GeneformerTrainingPlan(TrainingPlan):
             dropout.p = p
         self._attention_dropout_saved = []
 
+    def initialize_train_metrics(self) -> None:
+        """No ELBO metrics: scvi-tools' variational metrics mean nothing for BERT (see :meth:`compute_and_log_metrics`).
+
+        scvi-tools makes them submodules of the plan, so that Lightning's model summary listed ``elbo_train``,
+        ``kl_local_train`` … beside the model.
+        """
+        self.train_metrics = {}
+
+    def initialize_val_metrics(self) -> None:
+        """No ELBO metrics for validation either (see :meth:`initialize_train_metrics`)."""
+        self.val_metrics = {}
+
     def compute_and_log_metrics(self, loss_output, metrics, mode):
         """Log the task's metrics (``accuracy_train``, ``masked_accuracy_validation`` …), under ``no_grad``.
 

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .._data._anndata import resolve_adata
+from .._utils._text import counted
 from ._utils import finish
 
 if TYPE_CHECKING:
@@ -117,7 +118,7 @@ def benchmark_embeddings(
         if params.get("batch_key"):
             title += f" / batch: {params['batch_key']}"
         if "n_cells" in params:
-            title += f", {int(params['n_cells'])} cells"
+            title += f", {counted(int(params['n_cells']), 'cell')}"
     ax.set_title(title, pad=20)
     ax.figure.colorbar(image, ax=ax, label="score (higher is better)", fraction=0.04, pad=0.02)
     return finish(ax, "benchmark_embeddings", show=show, save=save, ax_given=ax_given)

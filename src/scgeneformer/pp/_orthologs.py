@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .._data._anndata import copy_data, resolve_adata
+from .._data._anndata import copy_data, resolve_adata, show_in_mudata
 from .._hub._registry import RemoteFile
 from .._settings import logger
 
@@ -199,6 +199,7 @@ def map_orthologs(
         "n_human_genes_from_several": int((mapped.value_counts() > 1).sum()),
     }
     adata.uns[key_added] = report
+    show_in_mudata(data, mod, var=[key_added])
     logger.info(
         "map_orthologs: %d of %d %s genes mapped to human Ensembl IDs (%s).",
         report["n_mapped"],

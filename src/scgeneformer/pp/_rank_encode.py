@@ -11,10 +11,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 import scipy.sparse as sp
 
-from .._data._anndata import copy_data, get_matrix, iter_row_chunks, resolve_adata
+from .._data._anndata import copy_data, get_matrix, iter_row_chunks, resolve_adata, show_in_mudata
 from .._data._encoding import encoding_keys
 from .._settings import logger
 from .._utils._parallel import default_n_jobs, ordered_parallel_map
+from .._utils._text import counted
 from ..vocabulary import Vocabulary, get_vocabulary
 from ._gene_plan import GenePlan
 from ._orthologs import TITLE_CASE, looks_like_mouse
@@ -136,7 +137,10 @@ def rank_encode(
         msg = f"chunk_size must be a positive number of cells, got {chunk_size!r}."
         raise ValueError(msg)
     if adata.n_obs == 0 or adata.n_vars == 0:
-        msg = f"The data have {adata.n_obs} cells and {adata.n_vars} genes: there is nothing to encode."
+        msg = (
+            f"The data have {counted(adata.n_obs, 'cell')} and {counted(adata.n_vars, 'gene')}: there is nothing to "
+            "encode."
+        )
         raise ValueError(msg)
     vocab = get_vocabulary(vocabulary)
     matrix = get_matrix(adata, layer)
@@ -252,9 +256,10 @@ def rank_encode(
         "n_cells_filtered": int((~passes_filter).sum()),
         "n_cells_truncated": n_truncated,
     }
+    show_in_mudata(data, mod, obs=[keys.n_tokens], var=[keys.token])
     if sink.in_backing_file:
         _persist_in_backing_file(adata)
-    logger.info("rank_encode: %d cells in %.2f s", adata.n_obs, time.perf_counter() - start_time)
+    logger.info("rank_encode: %s in %.2f s", counted(adata.n_obs, "cell"), time.perf_counter() - start_time)
     return data if copy else None
 
 
@@ -394,15 +399,16 @@ def _log_summary(vocab, plan, n_vars, n_mapped, mapped_share, n_empty, passes_fi
         )
     if n_empty:
         warnings.warn(
-            f"{n_empty} cell{'s' if n_empty != 1 else ''} express{'' if n_empty != 1 else 'es'} no vocabulary gene and "
+            f"{counted(n_empty, 'cell')} express{'' if n_empty != 1 else 'es'} no vocabulary gene and "
             f"{'were' if n_empty != 1 else 'was'} not encoded (n_tokens = 0).",
             UserWarning,
             stacklevel=3,
         )
     if (~passes_filter).any():
-        logger.info("%d cells were excluded by filter_key.", int((~passes_filter).sum()))
+        n_excluded = int((~passes_filter).sum())
+        logger.info("%s excluded by filter_key.", counted(n_excluded, "cell was", "cells were"))
     if n_truncated:
-        logger.info("%d cells were truncated to %d genes.", n_truncated, vocab.max_genes)
+        logger.info("%s truncated to %d genes.", counted(n_truncated, "cell was", "cells were"), vocab.max_genes)
 
 
 class _RankSink:

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .._data._anndata import copy_data, resolve_adata, writable_names
+from .._data._anndata import copy_data, resolve_adata, show_in_mudata, writable_names
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -111,6 +111,7 @@ def annotate(
         adata.obs[f"{key}_probability"] = best
         # class names with "/" cannot be column names in h5ad/zarr files; uns[key_added]["classes"] keeps them
         adata.obsm[f"{key}_probabilities"] = probabilities.set_axis(writable_names(classes), axis=1)
+        show_in_mudata(data, mod, obs=[key, f"{key}_probability"])
     classes = {keys[t]: list(p.columns) for t, p in tasks.items()} if multitask else list(predicted.columns)
     params = {"model": model.checkpoint or "", "encoding_key": encoding_key}
     if min_probability is not None:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .._data._anndata import resolve_adata
+from .._utils._text import counted
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -162,7 +163,8 @@ def benchmark_embeddings(
     cells = np.flatnonzero(keep)
     if len(cells) < MIN_CELLS:
         msg = (
-            f"{len(cells)} cells have a label{' and a batch' if batch_key else ''} and finite embeddings; "
+            f"{counted(len(cells), 'cell')} {'has' if len(cells) == 1 else 'have'} a label"
+            f"{' and a batch' if batch_key else ''} and finite embeddings; "
             f"scib-metrics needs at least {MIN_CELLS} (its neighbourhood metrics use 90 neighbours)."
         )
         raise ValueError(msg)

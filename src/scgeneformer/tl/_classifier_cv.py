@@ -14,6 +14,7 @@ import numpy as np
 
 from .._compute._execution import Execution
 from .._data._anndata import resolve_adata
+from .._utils._text import counted
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -372,7 +373,8 @@ def baseline_classification_cv(
             raise ValueError(msg)
         unlabelled = (test_fold >= 0) & adata.obs[labels_key].isna().to_numpy()
         if unlabelled.any():
-            msg = f"{int(unlabelled.sum())} cells of the folds have no label in {labels_key!r}."
+            n = int(unlabelled.sum())
+            msg = f"{counted(n, 'cell')} of the folds {'has' if n == 1 else 'have'} no label in {labels_key!r}."
             raise ValueError(msg)
     labels = adata.obs[labels_key].astype(str).to_numpy()
     table = _baseline_table(

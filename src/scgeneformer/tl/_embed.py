@@ -7,8 +7,9 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from .._data._anndata import cell_mask, copy_data, resolve_adata, writable_names
+from .._data._anndata import cell_mask, copy_data, resolve_adata, show_in_mudata, writable_names
 from .._settings import logger
+from .._utils._text import counted
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -136,7 +137,8 @@ def embed(
         adata.varm[f"{key_added}_genes"] = out.genes
         adata.var[f"{key_added}_genes_n_cells"] = out.gene_n_cells
         params["gene_embedding_cells"] = int(gene_cells.sum())
-    logger.info("embed: %d cells in %.1f s", adata.n_obs, time.perf_counter() - start)
+        show_in_mudata(data, mod, var=[f"{key_added}_genes_n_cells"])
+    logger.info("embed: %s in %.1f s", counted(adata.n_obs, "cell"), time.perf_counter() - start)
     return data if copy else None
 
 
@@ -185,7 +187,8 @@ def state_embeddings(
 
     Returns
     -------
-    With ``inplace=False``: a DataFrame with one row per state and one column per embedding dimension.
+    With ``inplace=False``: a DataFrame with one row per state and one column per embedding dimension. Otherwise
+    ``None``, and the same table is in ``.uns[key_added]["embeddings"]`` (its parameters in ``["params"]``).
 
     Examples
     --------

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .._compute._execution import Execution
-from .._data._anndata import copy_data, resolve_adata, writable_names
+from .._data._anndata import copy_data, resolve_adata, show_in_mudata, writable_names
 from ..model import GeneLabels
 
 if TYPE_CHECKING:
@@ -89,6 +89,9 @@ def classify_genes(
     codes[seen] = values[seen].argmax(1)
     adata.var[key_added] = pd.Categorical.from_codes(codes, categories=classes)
     adata.var[f"{key_added}_n_cells"] = n_cells
+    show_in_mudata(
+        data, mod, var=[f"{key_added}_{name}" for name in writable_names(classes)] + [key_added, f"{key_added}_n_cells"]
+    )
     adata.uns[key_added] = {
         "params": {"model": model.checkpoint or "", "encoding_key": encoding_key},
         "classes": classes,
