@@ -247,6 +247,9 @@ def test_separately_with_goal_states_and_a_store(setup, tmp_path):
     np.testing.assert_allclose(table["shift_b"], in_memory["cells"]["shift_b"], atol=1e-6)
     stats = sgf.tl.perturbation_stats(in_memory, "goal_state_shift")
     assert len(stats) == in_memory["cells"]["perturbed"].nunique()
+    counts = in_memory["cells"]["perturbed"].astype(str).value_counts()
+    kept = sgf.tl.perturbation_stats(in_memory, "goal_state_shift", min_cells=int(counts.max()))
+    assert set(kept["perturbed"]) == set(counts[counts == counts.max()].index)
 
 
 def test_combine_is_checked_before_any_work(setup):
@@ -282,6 +285,7 @@ def test_min_cells_in_a_store_summary(setup, tmp_path):
     adata, model, vocab = setup
     in_memory = perturb(adata, model, vocab, max_cells=4, min_cells=2)
     stored = perturb(adata, model, vocab, max_cells=4, min_cells=2, out=tmp_path / "m")
+
     def by_gene(genes):  # near-equal means (float32 sums in a store) may swap places
         return genes.sort_values("perturbed_token").reset_index(drop=True)
 

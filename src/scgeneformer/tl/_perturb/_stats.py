@@ -147,8 +147,14 @@ def perturbation_stats(
     else:
         out = aggregate_gene_shifts_store(results.store)
     if mode != "aggregate_data" and min_cells > 1:
-        counts = out["n_test"] if mode == "vs_null" else out["n_detections"]
-        out = out[counts.to_numpy() >= min_cells].reset_index(drop=True)
+        if mode == "vs_null":
+            counts = out["n_test"].to_numpy()
+        elif "n_detections" in out:
+            counts = out["n_detections"].to_numpy()
+        else:  # goal_state_shift of a gene list reports no counts
+            per_token = cell_rows["perturbed_token"].astype(str).value_counts()
+            counts = per_token.reindex(out["perturbed_token"].astype(str)).to_numpy()
+        out = out[counts >= min_cells].reset_index(drop=True)
     adata = results.adata
     if adata is None or not inplace:
         return out
@@ -200,7 +206,6 @@ def goal_state_shift(
     for alt in alts:
         genes[f"shift_to_{alt}"] = [v.mean() for v in alt_values[alt]]
     if not genes_all:
-        genes["n_detections"] = [len(v) for v in goal_values]
         return genes.sort_values("shift_to_goal", ascending=False, kind="stable").reset_index(drop=True)
 
     def pooled_sample(per_gene: list[np.ndarray]) -> list[float]:
