@@ -65,7 +65,7 @@ def test_token_edits_and_their_comparisons():
 
 
 @pytest.mark.parametrize("version", ["V1", "V2"])
-@pytest.mark.parametrize("perturbation", ["delete", "overexpress", "inhibit", "activate"])
+@pytest.mark.parametrize("perturbation", ["delete", "mask", "overexpress", "inhibit", "activate"])
 @pytest.mark.parametrize("anchored", [False, True])
 def test_perturbed_lengths_from_lengths_alone_match_the_built_sequences(version, perturbation, anchored):
     from scgeneformer.tl._perturb._jobs import iter_jobs as _iter_jobs
@@ -81,7 +81,10 @@ def test_perturbed_lengths_from_lengths_alone_match_the_built_sequences(version,
     jobs = list(_iter_jobs(info, cells, spec, max_len=4096))
     assert counts.tolist() == [len(job.perturbed) for job in jobs]
     for job, n in zip(jobs, length, strict=True):
-        assert {len(p) for p in job.perturbed} <= {n}
+        if anchored and perturbation == "delete":  # two lengths (one or two genes removed): their mean
+            assert sum(len(p) for p in job.perturbed) == pytest.approx(n * len(job.perturbed))
+        else:
+            assert {len(p) for p in job.perturbed} <= {n}
 
 
 def test_overexpressing_an_absent_gene_truncates_both_sequences():
@@ -193,7 +196,10 @@ def test_gene_sets_anchor_pairs_and_inhibition(setup):
     assert both["genes"]["n_cells"].item() == len(expresses_both)
     pairs = run(adata, model, vocab, anchor_gene=first, cells=adata.obs_names[:1])["cells"]
     n_genes = len(ids) - (2 if vocab.has_special_tokens else 0)
-    assert len(pairs) == n_genes - 1 and first not in set(pairs["perturbed_id"])
+    # the anchor alone, each other gene alone and with the anchor
+    assert len(pairs) == 2 * (n_genes - 1) + 1
+    anchor_pairs = pairs[pairs["combination"] == "anchor+gene"]
+    assert len(anchor_pairs) == n_genes - 1 and anchor_pairs["perturbed_id"].str.startswith(f"{first}+").all()
     moved = {"cells": adata.obs_names[:2], "pooling": "mean"}
     by_state = run(adata, model, vocab, cells={"state": ["b", "c"]}, max_cells=3)["cells"]
     assert set(adata.obs.loc[by_state["cell"].astype(str), "state"]) <= {"b", "c"}

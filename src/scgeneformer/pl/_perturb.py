@@ -179,7 +179,8 @@ def perturbation_heatmap(
     """Heatmap of the genes most affected by each perturbation (needs ``gene_shifts=True`` in ``perturb``).
 
     Cells hold the mean ``1 - cosine`` of the affected gene's embedding (columns) when the row's gene is
-    perturbed, over the cells where both occur; blank where they never co-occur.
+    perturbed, over the cells where both occur; blank where they never co-occur. Each row's label gives the number
+    of cells its perturbation was seen in (``n=``).
 
     Parameters
     ----------
@@ -222,9 +223,15 @@ def perturbation_heatmap(
         _, ax = plt.subplots(figsize=(0.3 * len(columns) + 3, 0.3 * len(matrix) + 2))
     image = ax.imshow(matrix.to_numpy(dtype=float), cmap=cmap, aspect="auto")
     ax.set_xticks(range(len(columns)), columns, rotation=90)
-    ax.set_yticks(range(len(matrix)), matrix.index)
+    # how many cells each row's perturbation was seen in: its mean rests on that many
+    rows = results.cell_rows()
+    n_cells = rows.groupby(rows["perturbed"].astype(str))["cell"].nunique()
+    ax.set_yticks(range(len(matrix)), [f"{p} (n={n_cells.get(str(p), 0)})" for p in matrix.index])
     ax.set_xlabel("affected gene")
     ax.set_ylabel("perturbed gene")
     ax.figure.colorbar(image, ax=ax, label="1 - cosine of the affected gene")
-    ax.set_title(f"mean effect on the {len(columns)} most affected genes of {len(matrix)} perturbations")
+    ax.set_title(
+        f"mean effect on the {len(columns)} most affected genes of {len(matrix)} perturbations\n"
+        "(n = cells each perturbation was seen in)"
+    )
     return finish(ax, "perturbation_heatmap", show=show, save=save, ax_given=ax_given)

@@ -44,6 +44,14 @@ def delete(ids: np.ndarray, positions, special: bool):
     return _finish(ids, order, None, positions, special)
 
 
+def mask(ids: np.ndarray, positions, mask_id: int, special: bool):
+    """Replace the genes at ``positions`` with the ``<mask>`` token: every other gene keeps its position (and rank)."""
+    order = np.arange(len(ids))
+    perturbed, sources = _finish(ids, order, None, positions, special)
+    perturbed[list(positions)] = mask_id
+    return perturbed, sources
+
+
 def move_to_front(ids: np.ndarray, positions, special: bool):
     """Move the genes at ``positions`` to the top ranks (after ``<cls>``), keeping their relative order."""
     front = 1 if special else 0

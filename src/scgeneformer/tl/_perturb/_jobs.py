@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ._edits import delete, gene_slice, move_by, move_to_front, overexpress_set
+from ._edits import delete, gene_slice, mask, move_by, move_to_front, overexpress_set, overflow, truncate
 
 if TYPE_CHECKING:
     from ..._data._encoding import EncodingInfo
@@ -26,7 +26,7 @@ class CellJob:
     perturbed: list[np.ndarray] = field(default_factory=list)
     #: per perturbed sequence: original position compared at each position, or ``_edits.NOT_COMPARED`` / ``ZERO``
     sources: list[np.ndarray] = field(default_factory=list)
-    #: per perturbed sequence: the perturbed token ids
+    #: per perturbed sequence: the perturbed token ids (with an anchor: the anchor first)
     labels: list[tuple[int, ...]] = field(default_factory=list)
     #: when every perturbation deletes one gene: its position, per perturbed sequence (enables the shared first layer)
     deleted: list[int] | None = None
@@ -43,21 +43,30 @@ def iter_jobs(info: EncodingInfo, selected: np.ndarray, spec: PerturbationSpec, 
     for start in range(0, len(selected), SEQUENCE_BLOCK):
         block = selected[start : start + SEQUENCE_BLOCK]
         for cell, ids in zip(block, info.sequences(block), strict=True):
-            yield cell_job(int(cell), ids.astype(np.int64), spec, max_len, info.has_special_tokens)
+            yield cell_job(int(cell), ids.astype(np.int64), spec, max_len, info.has_special_tokens, info.mask_id)
 
 
-def cell_job(cell: int, ids: np.ndarray, spec: PerturbationSpec, max_len: int, special: bool) -> CellJob:
-    """Every perturbation ``spec`` makes of the cell with token ids ``ids`` (of ``max_len`` tokens at most)."""
+def cell_job(
+    cell: int, ids: np.ndarray, spec: PerturbationSpec, max_len: int, special: bool, mask_id: int = 1
+) -> CellJob:
+    """Every perturbation ``spec`` makes of the cell with token ids ``ids`` (of ``max_len`` tokens at most).
+
+    ``mask_id`` is the ``<mask>`` token of ``perturbation="mask"``.
+    """
     genes = np.arange(len(ids))[gene_slice(len(ids), special)]
     shift = spec.ranks_moved(len(genes)) if spec.moves_by_ranks else 0
 
     def edit(positions):
         if spec.perturbation == "delete":
             return delete(ids, positions, special)
+        if spec.perturbation == "mask":
+            return mask(ids, positions, mask_id, special)
         if spec.perturbation == "overexpress":
             return move_to_front(ids, positions, special)
         return move_by(ids, positions, shift, special)
 
+    if spec.separately:
+        return _separate_job(cell, ids, spec, max_len, special, edit)
     if spec.tokens is not None:
         if spec.perturbation == "overexpress":
             original, perturbed, sources = overexpress_set(
@@ -72,10 +81,13 @@ def cell_job(cell: int, ids: np.ndarray, spec: PerturbationSpec, max_len: int, s
         return job
     job = CellJob(cell, ids)
     if spec.anchor is not None:
+        # the anchor alone, then each other gene alone and with the anchor: the parts of the combination statistics
         anchor_position = int(np.flatnonzero(ids == spec.anchor)[0])
+        job.add(*edit([anchor_position]), (spec.anchor,))
         for position in genes:
             if position != anchor_position:
-                job.add(*edit([anchor_position, int(position)]), (int(ids[position]),))
+                job.add(*edit([int(position)]), (int(ids[position]),))
+                job.add(*edit([anchor_position, int(position)]), (spec.anchor, int(ids[position])))
         return job
     if spec.perturbation == "overexpress":
         genes = genes[1:]  # the top-ranked gene is already at the top
@@ -83,4 +95,28 @@ def cell_job(cell: int, ids: np.ndarray, spec: PerturbationSpec, max_len: int, s
         job.add(*edit([int(position)]), (int(ids[position]),))
     if spec.perturbation == "delete":
         job.deleted = [int(p) for p in genes]
+    return job
+
+
+def _separate_job(cell: int, ids: np.ndarray, spec: PerturbationSpec, max_len: int, special: bool, edit) -> CellJob:
+    """``combine="separately"``: one perturbation per listed gene, all compared with one original of the cell.
+
+    Genes the cell does not hold are skipped, but for overexpression, which inserts them. A cell at the input size
+    then loses its last gene in the original too (as with a gene list), for every gene of the list: the original
+    is shared, so that it runs once per cell.
+    """
+    if spec.perturbation != "overexpress":
+        job = CellJob(cell, ids)
+        for token in spec.tokens:
+            hits = np.flatnonzero(ids == token)
+            if len(hits):
+                job.add(*edit([int(hits[0])]), (int(token),))
+        return job
+    absent = any(not (ids == t).any() for t in spec.tokens)
+    base = truncate(ids, overflow(len(ids), 0, 1, max_len, reference_quirks=False) if absent else 0, special)
+    job = CellJob(cell, base)
+    for token in spec.tokens:
+        # base leaves room for one inserted gene: the original overexpress_set returns is base itself
+        _, perturbed, sources = overexpress_set(base, (int(token),), max_len, special, reference_quirks=False)
+        job.add(perturbed, sources, (int(token),))
     return job

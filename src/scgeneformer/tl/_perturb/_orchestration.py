@@ -25,7 +25,7 @@ from ._planning import plan_parts
 from ._preview import check_result_size, expected_rows, preview
 from ._running import PartRunner, run_here
 from ._selection import resolve_genes, resolve_goal_states, resolve_vocabulary, select_cells, state_matrix
-from ._spec import GoalStates, Perturbation, PerturbationSpec
+from ._spec import COMBINE, Combine, GoalStates, Perturbation, PerturbationSpec
 from ._store import PerturbationStore, cells_fingerprint, model_fingerprint, tokens_fingerprint
 from ._summaries import summarize_store
 from ._tables import ResultTables
@@ -48,6 +48,7 @@ def perturb(
     genes: str | Sequence[str] = "all",
     *,
     perturbation: Perturbation = "delete",
+    combine: Combine = "together",
     anchor_gene: str | None = None,
     rank_shift: int | float = 0.25,
     pooling: Literal["mean", "cls"] | None = None,
@@ -66,6 +67,7 @@ def perturb(
     key_added: str = "geneformer_perturb",
     encoding_key: str = "geneformer",
     reference_quirks: bool = False,
+    min_cells: int = 1,
     execution: Execution | Mapping | None = None,
     out: str | os.PathLike | None = None,
     mod: str = "rna",
@@ -87,9 +89,11 @@ def perturb(
         fine-tuned to classify the states).
     genes
         ``"all"``: perturb every gene of each cell, one at a time. A gene or list of genes (``var_names``, Ensembl
-        IDs or symbols): perturbed **together**, as one set, in every selected cell.
+        IDs or symbols): perturbed **together**, as one set, in every selected cell (see ``combine``).
     perturbation
         - ``"delete"``: remove the gene(s) from the ranking.
+        - ``"mask"``: replace the gene(s) with the ``<mask>`` token: the gene's information is gone, but every
+          other gene keeps its rank and position (a control for the rank shift that deletion causes).
         - ``"overexpress"``: move the gene(s) to the top ranks (after ``<cls>`` in V2), keeping their order. With a
           gene list, genes absent from a cell are inserted and the cell is truncated to the model's input size;
           the original is then truncated by the same number of genes, so the comparison models the gain of the
@@ -97,9 +101,18 @@ def perturb(
         - ``"inhibit"`` / ``"activate"``: move the gene(s) down / up by ``rank_shift`` ranks (the reference lists
           these but never implemented them). The move is clipped to the cell's last / first gene rank; the other
           genes keep their order. With several genes, each moves in turn, in rank order.
+    combine
+        With a gene list: ``"together"`` (the reference's meaning) perturbs the genes as one set, in the cells that
+        hold all of them (for overexpression, in every cell); ``"separately"`` perturbs each gene on its own, in
+        each cell that holds it (for overexpression, in every cell), one row per (cell, gene), with the unperturbed
+        cell computed once. Separately overexpressing genes a cell lacks inserts them; a cell at the input size
+        then loses its last gene for all of them (its original is shared), where single-gene calls would cut the
+        original only for the absent genes.
     anchor_gene
-        With ``genes="all"``: perturb this gene together with each other gene of the cell (pairs; the reference's
-        ``combos=1``). Only cells expressing it are used.
+        With ``genes="all"``: perturb this gene alone, together with each other gene of the cell (pairs; the
+        reference's ``combos=1``), and each other gene alone, so that ``perturbation_stats(...,
+        "mixture_model")`` can report the combination statistics. The table's ``combination`` column says which
+        (``"anchor"``, ``"gene"``, ``"anchor+gene"``). Only cells expressing the anchor are used.
     rank_shift
         Ranks moved by inhibit/activate: an integer, or a fraction of the cell's number of genes (default a
         quartile, at least one rank).
@@ -162,6 +175,9 @@ def perturb(
         next gene, and the last gene's value is dropped); and with a gene list, the overflow of the insertion is
         over-counted by the number of inserted genes, so a cell one gene short of the input size loses a gene of
         its original that the perturbed cell keeps (that gene is compared with a zero vector, cosine 0).
+    min_cells
+        The ``genes`` summary leaves out perturbations seen in fewer cells, so that genes seen in one cell do not
+        top the ranking by chance (the per-cell table keeps every row).
     execution
         How to run (:class:`~scgeneformer.Execution`): device, precision, batch size, progress bar. With several
         devices or processes (e.g. ``{"accelerator": "cuda", "devices": 8, "strategy": "ddp"}``, or ``num_nodes``),
@@ -192,7 +208,8 @@ def perturb(
 
     ``cells``: one row per (cell, perturbation) with ``affected == "cell"`` and, with ``gene_shifts``, one row per
     (cell, perturbation, remaining gene). Columns: ``cell`` (obs name), ``perturbed`` (symbols, ``+``-joined for a
-    set), ``perturbed_id`` (Ensembl IDs), ``perturbed_token`` (token ids, ``,``-joined), ``affected``,
+    set), ``perturbed_id`` (Ensembl IDs), ``perturbed_token`` (token ids, ``,``-joined), with ``anchor_gene``
+    ``combination``, ``affected``,
     ``affected_id``, ``affected_token`` (``-1`` for the cell), ``cosine`` and, in goal-state mode, ``shift_<state>``
     for each state.
 
@@ -213,9 +230,11 @@ def perturb(
     >>> adata.uns["geneformer_perturb"]["genes"].head()  # doctest: +SKIP
     >>> treatment = {"state_key": "condition", "start_state": "stim", "goal_state": "ctrl"}
     >>> sgf.tl.perturb(adata, model, "all", states=treatment)  # doctest: +SKIP
+    >>> sgf.tl.perturb(adata, model, ["STAT1", "IRF7"], combine="separately")  # one row per gene  # doctest: +SKIP
     """
     start_time = time.perf_counter()
     adata = resolve_adata(data, mod)
+    _check_summary_options(combine, min_cells)
     info = model.encoding_info(data, encoding_key=encoding_key, mod=mod)
     pooling, n_run = _check_arguments(
         adata, model, info, perturbation, rank_shift, pooling, cell_cosine, layer, max_cells
@@ -224,7 +243,9 @@ def perturb(
     vocab = resolve_vocabulary(vocabulary, model, info)  # may download the published dictionaries: after cheap checks
     tokens = resolve_genes(genes, adata, info, vocab)
     anchor = None if anchor_gene is None else resolve_genes([anchor_gene], adata, info, vocab)[0]
-    spec = PerturbationSpec(perturbation, tokens, anchor, rank_shift, reference_quirks)
+    spec = PerturbationSpec(
+        perturbation, tokens, anchor, rank_shift, reference_quirks, separately=combine == "separately"
+    )
     two_stage = _screen(screen, n_confirm, n_confirm_genes, spec)
     execution = Execution.coerce(execution)
 
@@ -238,7 +259,12 @@ def perturb(
             model.module, info, selected, spec, max_len, engine, plan, execution, two_stage=two_stage, n_states=n_states
         )
     cell_rows, gene_rows, _ = expected_rows(
-        spec, info.lengths[selected], info.has_special_tokens, gene_shifts=gene_shifts, two_stage=two_stage
+        spec,
+        info.lengths[selected],
+        info.has_special_tokens,
+        gene_shifts=gene_shifts,
+        two_stage=two_stage,
+        n_perturbations=int(plan.n_perturbations.sum()),
     )
     check_result_size(cell_rows + gene_rows, n_states, out=out)
     states_matrix = None
@@ -248,6 +274,8 @@ def perturb(
     params = _run_params(
         spec, goal, model, info, selected, pooling=pooling, cell_cosine=cell_cosine, layer=layer, n_run=n_run
     )
+    if spec.separately:  # which genes each cell holds decides the count: the plan built every job
+        params["n_perturbations"] = int(plan.n_perturbations.sum())
     if two_stage is not None:
         params["screen"] = two_stage.to_params()
     store = None
@@ -256,7 +284,13 @@ def perturb(
 
     state_columns = [] if goal is None else goal.columns
     tables = ResultTables(
-        adata.obs_names.to_numpy(), selected, vocab, state_columns, shift_labels=spec.shifts_gene_labels
+        adata.obs_names.to_numpy(),
+        selected,
+        vocab,
+        state_columns,
+        shift_labels=spec.shifts_gene_labels,
+        anchor=spec.anchor,
+        min_cells=min_cells,
     )
     runner = PartRunner(info, selected, spec, max_len, engine)
     n_run_perturbations = params["n_perturbations"]
@@ -269,10 +303,11 @@ def perturb(
 
     elapsed = time.perf_counter() - start_time
     params["seconds"] = round(elapsed, 3)
+    params["min_cells"] = min_cells  # after the store's identity: a summary option, it may change on resume
     if store is None:
         output = tables.in_memory(results, labels) | {"params": params}
     else:
-        output = _summarize_store(store, state_columns, params)
+        output = _summarize_store(store, state_columns, params, min_cells)
     logger.info("perturb: %d perturbations of %d cells in %.1f s", params["n_perturbations"], len(selected), elapsed)
     if not inplace:
         return output
@@ -327,6 +362,16 @@ def _check_arguments(
         raise ValueError(msg)
     PerturbationSpec(perturbation, rank_shift=rank_shift)  # validates both before anything is loaded
     return pooling, n_run
+
+
+def _check_summary_options(combine: str, min_cells: int) -> None:
+    """Refuses an invalid ``combine`` or ``min_cells`` before any work."""
+    if combine not in COMBINE:
+        msg = f"combine must be one of {COMBINE}, got {combine!r}."
+        raise ValueError(msg)
+    if isinstance(min_cells, bool) or not isinstance(min_cells, int | np.integer) or min_cells < 1:
+        msg = f"min_cells must be a positive integer, got {min_cells!r}."
+        raise ValueError(msg)
 
 
 def _engine_spec(
@@ -433,9 +478,9 @@ def _run(
     return run_here(runner, model.module, plan, todo, execution, part_done, keep=keep, n_perturbations=n_perturbations)
 
 
-def _summarize_store(store: PerturbationStore, state_columns: list[str], params: dict) -> dict:
+def _summarize_store(store: PerturbationStore, state_columns: list[str], params: dict, min_cells: int) -> dict:
     """What ``perturb`` returns for a store, whose summary it writes there too."""
-    summary = summarize_store(store, state_columns)
+    summary = summarize_store(store, state_columns, min_cells=min_cells)
     store.write_summary(summary)
     # An absolute path and the run's identity: read back after a chdir, they name this store or fail clearly.
     return {

@@ -52,24 +52,32 @@ def expected_rows(
     *,
     gene_shifts: bool,
     two_stage: TwoStageScreen | None,
+    n_perturbations: int | None = None,
 ) -> tuple[int, int, int]:
-    """``(cell rows, gene rows, exact perturbations)`` of a run on cells of these token lengths (gene rows: about)."""
+    """``(cell rows, gene rows, exact perturbations)`` of a run on cells of these token lengths (gene rows: about).
+
+    ``n_perturbations``: the plan's count, for gene lists perturbed separately (it depends on the genes cells hold).
+    """
     lengths = np.asarray(lengths, dtype=np.int64)
     ends = 2 if special else 0
     if spec.all_genes:
         counts, perturbed_length = spec.perturbed_lengths(lengths, special)
+        per_sequence = 1
     else:
-        n_tokens = len(spec.tokens)
-        counts = np.ones(len(lengths), dtype=np.int64)
-        perturbed_length = lengths - (n_tokens if spec.perturbation == "delete" else 0)
-    moved = 0 if spec.perturbation == "delete" else (1 if spec.all_genes else len(spec.tokens or ()))
-    compared = np.maximum(perturbed_length - ends - moved, 0)
+        per_sequence = 1 if spec.separately else len(spec.tokens)
+        counts = np.ones(len(lengths), dtype=np.float64)
+        if spec.separately and n_perturbations is not None and len(lengths):
+            counts = counts * n_perturbations / len(lengths)
+        perturbed_length = lengths - (per_sequence if spec.perturbation == "delete" else 0)
+    # perturbed genes are not compared; deleted ones are gone already
+    not_compared = 0 if spec.perturbation == "delete" else per_sequence
+    compared = np.maximum(np.asarray(perturbed_length, dtype=np.float64) - ends - not_compared, 0)
     exact = counts
     if two_stage is not None:
         exact = np.minimum(counts, two_stage.n_confirm + two_stage.n_confirm_genes)
-    cell_rows = int(counts.sum())
-    gene_rows = int((exact * compared).sum()) if gene_shifts else 0
-    return cell_rows, gene_rows, int(exact.sum())
+    cell_rows = int(round(float(np.sum(counts))))
+    gene_rows = int(round(float(np.sum(exact * compared)))) if gene_shifts else 0
+    return cell_rows, gene_rows, int(round(float(np.sum(exact))))
 
 
 def check_result_size(rows: int, n_states: int, *, out) -> None:
@@ -112,7 +120,12 @@ def preview(
     lengths = info.lengths[selected]
     special = info.has_special_tokens
     cell_rows, gene_rows, exact = expected_rows(
-        spec, lengths, special, gene_shifts=engine.gene_shifts, two_stage=two_stage
+        spec,
+        lengths,
+        special,
+        gene_shifts=engine.gene_shifts,
+        two_stage=two_stage,
+        n_perturbations=int(plan.n_perturbations.sum()),
     )
     config = module.config
     originals = _flops(lengths, config).sum()

@@ -177,9 +177,12 @@ def select_cells(
     required = spec.required_tokens()
     if required:
         mask &= info.cells_holding(required, every=True)
+    any_of = spec.any_tokens()
+    if any_of:
+        mask &= info.cells_holding(any_of)
     if not mask.any():
-        names = ", ".join(f"{vocab.id_to_symbol[t]} ({vocab.id_to_gene[t]})" for t in required)
-        need = "" if not required else f" expressing all of {names}"
+        names = ", ".join(f"{vocab.id_to_symbol[t]} ({vocab.id_to_gene[t]})" for t in required or any_of)
+        need = "" if not names else f" expressing {'all' if required else 'any'} of {names}"
         msg = f"No encoded cells{need} are left after the cell filters."
         raise ValueError(msg)
     selected = np.flatnonzero(mask)

@@ -10,8 +10,10 @@ import numpy as np
 
 from ..._data._anndata import writable_names
 
-Perturbation = Literal["delete", "overexpress", "inhibit", "activate"]
-PERTURBATIONS = ("delete", "overexpress", "inhibit", "activate")
+Perturbation = Literal["delete", "mask", "overexpress", "inhibit", "activate"]
+PERTURBATIONS = ("delete", "mask", "overexpress", "inhibit", "activate")
+Combine = Literal["together", "separately"]
+COMBINE = ("together", "separately")
 
 
 def _as_list(value) -> list:
@@ -133,15 +135,19 @@ class PerturbationSpec:
     Attributes
     ----------
     perturbation
-        ``"delete"``, ``"overexpress"``, ``"inhibit"`` or ``"activate"``.
+        ``"delete"``, ``"mask"``, ``"overexpress"``, ``"inhibit"`` or ``"activate"``.
     tokens
         Token ids perturbed together in every cell, or ``None`` for every gene of each cell, one at a time.
     anchor
-        With ``tokens=None``: a token perturbed together with each other gene (pairs).
+        With ``tokens=None``: a token perturbed alone, together with each other gene (pairs), and each other gene
+        alone (the three parts of the combination statistics).
     rank_shift
         Ranks moved by inhibit/activate (an int, or a fraction of the cell's genes).
     reference_quirks
         Reproduce the reference's overexpression bugs.
+    separately
+        With ``tokens``: perturb each token on its own (one perturbation per token a cell holds, or per token for
+        overexpression) instead of all together.
     """
 
     perturbation: Perturbation = "delete"
@@ -149,10 +155,17 @@ class PerturbationSpec:
     anchor: int | None = None
     rank_shift: int | float = 0.25
     reference_quirks: bool = False
+    separately: bool = False
 
     def __post_init__(self) -> None:
         if self.perturbation not in PERTURBATIONS:
             msg = f"perturbation must be one of {PERTURBATIONS}, got {self.perturbation!r}."
+            raise ValueError(msg)
+        if self.separately and self.tokens is None:
+            msg = "combine='separately' perturbs each gene of a list on its own: pass a gene list, not genes='all'."
+            raise ValueError(msg)
+        if self.separately and self.reference_quirks:
+            msg = "reference_quirks reproduces the reference, which has no combine='separately': use one or the other."
             raise ValueError(msg)
         if self.anchor is not None and self.tokens is not None:
             msg = "anchor_gene pairs the anchor with every gene of a cell: use it with genes='all'."
@@ -183,7 +196,13 @@ class PerturbationSpec:
         """Tokens a cell must hold to be perturbed (inserted overexpressed genes need not be present)."""
         if self.anchor is not None:
             return [self.anchor]
-        if self.tokens is not None and self.perturbation != "overexpress":
+        if self.tokens is not None and self.perturbation != "overexpress" and not self.separately:
+            return list(self.tokens)
+        return []
+
+    def any_tokens(self) -> list[int]:
+        """Tokens of which a cell must hold one to be perturbed (``separately``, but for overexpression)."""
+        if self.separately and self.perturbation != "overexpress":
             return list(self.tokens)
         return []
 
@@ -194,7 +213,9 @@ class PerturbationSpec:
         return -steps if self.perturbation == "activate" else steps
 
     def count(self, lengths: np.ndarray, special: bool) -> int:
-        """Number of perturbed sequences for cells of these lengths."""
+        """Number of perturbed sequences for cells of these lengths (with ``separately``: at most)."""
+        if self.separately:
+            return len(lengths) * len(self.tokens)
         if self.tokens is not None:
             return len(lengths)
         return int(self.perturbed_lengths(lengths, special)[0].sum())
@@ -203,14 +224,20 @@ class PerturbationSpec:
         """For ``genes="all"``: per cell, the number of perturbed sequences and the length of each.
 
         Every gene (but the anchor, or the top gene that overexpression cannot move up) is perturbed once; deleting
-        removes it (and the anchor), moving keeps the length.
+        removes it, masking or moving keeps the length. With an anchor, the anchor alone, each other gene alone and
+        each pair are perturbed: deletions then have two lengths, and the length returned is their mean (a float),
+        so that ``count * length`` is the exact number of perturbed tokens.
         """
         lengths = np.asarray(lengths, dtype=np.int64)
         genes = lengths - (2 if special else 0)
         if self.anchor is not None or self.perturbation == "overexpress":
-            genes = genes - 1
-        removed = (2 if self.anchor is not None else 1) if self.perturbation == "delete" else 0
-        return np.maximum(genes, 0), lengths - removed
+            genes = np.maximum(genes - 1, 0)
+        removed = 1 if self.perturbation == "delete" else 0
+        if self.anchor is None:
+            return genes, lengths - removed
+        counts = 2 * genes + 1  # the anchor alone, then each gene alone and with the anchor
+        tokens = (genes + 1) * (lengths - removed) + genes * (lengths - 2 * removed)
+        return counts, tokens / counts if removed else lengths
 
     def to_params(self) -> dict:
         """Plain values to store with the results."""
@@ -223,6 +250,8 @@ class PerturbationSpec:
             params["anchor_token"] = int(self.anchor)
         if self.moves_by_ranks:
             params["rank_shift"] = self.rank_shift
+        if self.separately:  # only then: the parameters (and store identities) of other runs stay as they were
+            params["combine"] = "separately"
         return params
 
 

@@ -36,6 +36,7 @@ def perturbation_stats(
     value: str | None = None,
     alpha: float = 0.05,
     reference_quirks: bool = False,
+    min_cells: int = 1,
     mod: str = "rna",
     inplace: bool = True,
 ) -> pd.DataFrame | None:
@@ -57,6 +58,13 @@ def perturbation_stats(
         - ``"mixture_model"`` (``genes="all"``): a two-component Gaussian mixture over the genes' mean cosines;
           ``impact`` marks genes in the component with the lower mean cosine (the larger effect), and
           ``impact_percent`` the share of cells where the gene's cosine falls in it. Sorted by impact, then cosine.
+          On a run with ``anchor_gene``: one row per test gene with the reference's combination statistics, means
+          over the cells of the gene's cosines: ``anchor_shift`` (the anchor alone; the reference's
+          ``Anchor_shift``), ``test_token_shift`` (the gene alone; ``Test_token_shift``), ``sum_of_indiv_shifts``
+          = 1 − ((1 − a) + (1 − t)) per cell (``Sum_of_indiv_shifts``: the cosine if the two effects added up),
+          ``combo_shift`` (both together; ``Combo_shift``) and ``combo_minus_sum_shift`` = combo − sum per cell
+          (``Combo_minus_sum_shift``: negative when the pair does more than the sum of its parts). The mixture is
+          fitted to the genes' mean ``combo_shift``; sorted by impact, then ``combo_minus_sum_shift``.
         - ``"aggregate_data"``: the per-cell values of each perturbation, one row per cell.
         - ``"aggregate_gene_shifts"``: per (perturbation, affected cell or gene), mean and standard deviation of the
           cosine and number of cells; the cell rows first, then by mean cosine (largest effects first).
@@ -72,6 +80,11 @@ def perturbation_stats(
     reference_quirks
         ``"mixture_model"``: take the mixture's first component as the impact component, as the reference does,
         instead of the one with the lower mean (they agree whenever the first component has the lower mean).
+    min_cells
+        Leave out of the table genes seen in fewer cells (``n_detections``; ``n_test`` for ``"vs_null"``), so that
+        a gene seen in one cell does not top a ranking by chance. The statistics themselves are computed over all
+        genes first (the pooled background, the mixture fit and the FDR are those of the full table), as in the
+        reference. Applies to the ranked modes (all but ``"aggregate_data"``).
     mod
         Modality used when ``data`` is a MuData.
     inplace
@@ -97,6 +110,9 @@ def perturbation_stats(
     if mode not in MODES:
         msg = f"mode must be one of {MODES}, got {mode!r}."
         raise ValueError(msg)
+    if isinstance(min_cells, bool) or not isinstance(min_cells, int | np.integer) or min_cells < 1:
+        msg = f"min_cells must be a positive integer, got {min_cells!r}."
+        raise ValueError(msg)
     results = PerturbationResults(data, key, mod)
     states = results.states
     if mode == "aggregate_gene_shifts":
@@ -119,7 +135,10 @@ def perturbation_stats(
         if not results.genes_all:
             msg = "mixture_model needs many perturbed genes: run perturb with genes='all'."
             raise ValueError(msg)
-        out = mixture_model(cell_rows, reference_quirks=reference_quirks)
+        if results.params.get("anchor_token") is not None:
+            out = combination_mixture_model(cell_rows, reference_quirks=reference_quirks)
+        else:
+            out = mixture_model(cell_rows, reference_quirks=reference_quirks)
     elif mode == "aggregate_data":
         columns = ["cell", "perturbed", "perturbed_id", "cosine"] + [c for c in cell_rows if c.startswith("shift_")]
         out = cell_rows[columns].reset_index(drop=True)
@@ -127,6 +146,15 @@ def perturbation_stats(
         out = aggregate_gene_shifts(results.results["cells"])
     else:
         out = aggregate_gene_shifts_store(results.store)
+    if mode != "aggregate_data" and min_cells > 1:
+        if mode == "vs_null":
+            counts = out["n_test"].to_numpy()
+        elif "n_detections" in out:
+            counts = out["n_detections"].to_numpy()
+        else:  # goal_state_shift of a gene list reports no counts
+            per_token = cell_rows["perturbed_token"].astype(str).value_counts()
+            counts = per_token.reindex(out["perturbed_token"].astype(str)).to_numpy()
+        out = out[counts >= min_cells].reset_index(drop=True)
     adata = results.adata
     if adata is None or not inplace:
         return out
@@ -238,13 +266,24 @@ def vs_null(cell_rows: pd.DataFrame, null_rows: pd.DataFrame, column: str, *, al
 
 def mixture_model(cell_rows: pd.DataFrame, *, reference_quirks: bool = False) -> pd.DataFrame:
     """Two-component Gaussian mixture over the genes' mean cosines: which perturbations have an impact."""
-    from sklearn.mixture import GaussianMixture
-
     genes, values = _by_gene(cell_rows, "cosine")
     if len(genes) < 2:
         msg = f"mixture_model needs at least two perturbed genes, got {len(genes)}."
         raise ValueError(msg)
     means = np.array([v.mean() for v in values])
+    in_impact = _impact_classifier(means, reference_quirks=reference_quirks)
+    genes["cosine_mean"] = means
+    genes["impact"] = in_impact(means).astype(int)
+    genes["impact_percent"] = [in_impact(v).mean() * 100 for v in values]
+    genes["n_detections"] = [len(v) for v in values]
+    genes = genes.sort_values(["impact", "cosine_mean"], ascending=[False, True], kind="stable")
+    return genes.reset_index(drop=True)
+
+
+def _impact_classifier(means: np.ndarray, *, reference_quirks: bool):
+    """A two-component Gaussian mixture fitted to the genes' mean cosines: whether values fall in the impact one."""
+    from sklearn.mixture import GaussianMixture
+
     mixture = GaussianMixture(n_components=2, random_state=0).fit(means.reshape(-1, 1))
     impact = 0 if reference_quirks else int(np.argmin(mixture.means_[:, 0]))
     impact_border, other_border = mixture.means_[impact, 0], mixture.means_[1 - impact, 0]
@@ -254,9 +293,71 @@ def mixture_model(cell_rows: pd.DataFrame, *, reference_quirks: bool = False) ->
         predicted = mixture.predict(x.reshape(-1, 1)) == impact
         return np.where(x > other_border, False, np.where(x < impact_border, True, predicted))
 
-    genes["cosine_mean"] = means
-    genes["impact"] = in_impact(means).astype(int)
-    genes["impact_percent"] = [in_impact(v).mean() * 100 for v in values]
-    genes["n_detections"] = [len(v) for v in values]
-    genes = genes.sort_values(["impact", "cosine_mean"], ascending=[False, True], kind="stable")
+    return in_impact
+
+
+def combination_mixture_model(cell_rows: pd.DataFrame, *, reference_quirks: bool = False) -> pd.DataFrame:
+    """The reference's combination statistics (``combos=1``) of an ``anchor_gene`` run, one row per test gene.
+
+    In each cell, a test gene's pair cosine (``combo``) is set against the anchor's cosine alone (``a``) and the
+    gene's alone (``t``) in the same cell; per gene, the means over cells of ``a``, ``t``, ``1 - ((1 - a) + (1 -
+    t))``, ``combo`` and ``combo - (1 - ((1 - a) + (1 - t)))``. The mixture is fitted to the genes' mean combo.
+    """
+    import pandas as pd
+
+    if "combination" not in cell_rows:
+        msg = "The results have no 'combination' column: re-run sgf.tl.perturb with anchor_gene to get all parts."
+        raise ValueError(msg)
+    kind = cell_rows["combination"].astype(str).to_numpy()
+    cells = cell_rows["cell"].astype(str).to_numpy()
+    values = cell_rows["cosine"].to_numpy(dtype=np.float64)
+    tokens = cell_rows["perturbed_token"].astype(str).to_numpy()
+    anchor_of = dict(zip(cells[kind == "anchor"], values[kind == "anchor"], strict=True))
+    single = kind == "gene"
+    alone_of = dict(zip(zip(cells[single], tokens[single], strict=True), values[single], strict=True))
+    pairs = cell_rows[kind == "anchor+gene"]
+    pair_cells = cells[kind == "anchor+gene"]
+    test_tokens = np.array([t.split(",")[1] for t in tokens[kind == "anchor+gene"]], dtype=object)
+    first_rows = cell_rows[single].drop_duplicates("perturbed_token")
+    names = first_rows.set_index(first_rows["perturbed_token"].astype(str))
+    table = pd.DataFrame(
+        {
+            "cell": pair_cells,
+            "perturbed_token": test_tokens,
+            "a": [anchor_of[c] for c in pair_cells],
+            "t": [alone_of[(c, g)] for c, g in zip(pair_cells, test_tokens, strict=True)],
+            "combo": pairs["cosine"].to_numpy(dtype=np.float64),
+        }
+    )
+    table["sum"] = 1 - ((1 - table["a"]) + (1 - table["t"]))
+    table["combo_minus_sum"] = table["combo"] - table["sum"]
+    codes, uniques = pd.factorize(table["perturbed_token"])
+    order = token_order(uniques)
+    groups = [np.flatnonzero(codes == i) for i in order]
+    genes = pd.DataFrame(
+        {
+            "perturbed_token": [str(uniques[i]) for i in order],
+            "perturbed": [str(names.loc[uniques[i], "perturbed"]) for i in order],
+            "perturbed_id": [str(names.loc[uniques[i], "perturbed_id"]) for i in order],
+        }
+    )
+    columns = {
+        "anchor_shift": "a",
+        "test_token_shift": "t",
+        "sum_of_indiv_shifts": "sum",
+        "combo_shift": "combo",
+        "combo_minus_sum_shift": "combo_minus_sum",
+    }
+    for name, column in columns.items():
+        x = table[column].to_numpy()
+        genes[name] = [x[g].mean() for g in groups]
+    if len(genes) < 2:
+        msg = f"mixture_model needs at least two test genes, got {len(genes)}."
+        raise ValueError(msg)
+    combos = table["combo"].to_numpy()
+    in_impact = _impact_classifier(genes["combo_shift"].to_numpy(), reference_quirks=reference_quirks)
+    genes["impact"] = in_impact(genes["combo_shift"].to_numpy()).astype(int)
+    genes["impact_percent"] = [in_impact(combos[g]).mean() * 100 for g in groups]
+    genes["n_detections"] = [len(g) for g in groups]
+    genes = genes.sort_values(["impact", "combo_minus_sum_shift"], ascending=[False, True], kind="stable")
     return genes.reset_index(drop=True)

@@ -21,8 +21,11 @@ if TYPE_CHECKING:
     from ._store import PerturbationStore
 
 
-def summarize(cell_rows: pd.DataFrame, state_columns: Sequence[str]) -> pd.DataFrame:
-    """Per-perturbation summary of the cell rows of a perturbation table (the ``genes`` table of ``perturb``)."""
+def summarize(cell_rows: pd.DataFrame, state_columns: Sequence[str], *, min_cells: int = 1) -> pd.DataFrame:
+    """Per-perturbation summary of the cell rows of a perturbation table (the ``genes`` table of ``perturb``).
+
+    Perturbations of fewer than ``min_cells`` cells are left out.
+    """
     import pandas as pd
 
     rows = cell_rows[cell_rows["affected"] == "cell"]
@@ -35,10 +38,10 @@ def summarize(cell_rows: pd.DataFrame, state_columns: Sequence[str]) -> pd.DataF
     summary = rows.groupby(keys, observed=True, sort=False).agg(**aggregations).reset_index()
     for column in keys:
         summary[column] = summary[column].astype(str)
-    return order_summary(pd.DataFrame(summary), state_columns)
+    return order_summary(pd.DataFrame(summary), state_columns, min_cells=min_cells)
 
 
-def summarize_store(store: PerturbationStore, state_columns: Sequence[str]) -> pd.DataFrame:
+def summarize_store(store: PerturbationStore, state_columns: Sequence[str], *, min_cells: int = 1) -> pd.DataFrame:
     """The per-perturbation summary of :func:`summarize`, one part in memory at a time."""
     import pandas as pd
 
@@ -56,15 +59,16 @@ def summarize_store(store: PerturbationStore, state_columns: Sequence[str]) -> p
         summary[f"{column}_mean"] = (totals[f"{column}_sum"] / totals["_n"]).astype(np.float32)
     if two_stage:
         summary["n_confirmed"] = totals["confirmed_sum"].astype(np.int64)
-    return order_summary(summary.reset_index(), state_columns)
+    return order_summary(summary.reset_index(), state_columns, min_cells=min_cells)
 
 
-def order_summary(summary: pd.DataFrame, state_columns: Sequence[str]) -> pd.DataFrame:
-    """``summary`` with the strongest effects first; ties keep their order.
+def order_summary(summary: pd.DataFrame, state_columns: Sequence[str], *, min_cells: int = 1) -> pd.DataFrame:
+    """``summary`` with the strongest effects first; ties keep their order; fewer cells than ``min_cells``: left out.
 
-    In goal-state mode by the mean shift toward the goal state (largest first), else by the mean cosine (smallest
-    first).
+    A gene seen in one cell would otherwise top the ranking by chance. In goal-state mode by the mean shift toward
+    the goal state (largest first), else by the mean cosine (smallest first).
     """
+    summary = summary[summary["n_cells"] >= min_cells]
     if len(state_columns) > 1:
         summary = summary.sort_values(f"{state_columns[1]}_mean", ascending=False, kind="stable")
     else:

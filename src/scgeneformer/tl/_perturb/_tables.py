@@ -35,6 +35,11 @@ class ResultTables:
         Shift columns of goal-state mode (``[]`` without states).
     shift_labels
         Reproduce the reference's overexpress-``"all"`` bug: each gene shift is filed under the next gene.
+    anchor
+        The anchor token of an ``anchor_gene`` run: rows then get a ``combination`` column (``"anchor"``,
+        ``"gene"`` or ``"anchor+gene"``).
+    min_cells
+        The summary leaves out perturbations of fewer cells.
     """
 
     def __init__(
@@ -45,14 +50,17 @@ class ResultTables:
         state_columns: Sequence[str],
         *,
         shift_labels: bool,
+        anchor: int | None = None,
+        min_cells: int = 1,
     ) -> None:
         self.obs_names, self.selected, self.vocab = obs_names, selected, vocab
         self.state_columns, self.shift_labels = list(state_columns), shift_labels
+        self.anchor, self.min_cells = anchor, min_cells
 
     def in_memory(self, results: list[ChunkResult], labels: dict) -> dict[str, pd.DataFrame]:
         """``{"cells": the table, "genes": its per-perturbation summary}`` of a whole run."""
         table, cell_rows = self._build(results, labels)
-        return {"cells": table, "genes": summarize(cell_rows, self.state_columns)}
+        return {"cells": table, "genes": summarize(cell_rows, self.state_columns, min_cells=self.min_cells)}
 
     def table(self, results: list[ChunkResult], labels: dict) -> pd.DataFrame:
         """The table of some parts (e.g. one part, written to a store)."""
@@ -101,6 +109,11 @@ class ResultTables:
                 "cosine": cosine,
             }
         )
+        kind = None  # per label: its code in COMBINATIONS (anchor runs)
+        if self.anchor is not None:
+            kind = np.array([COMBINATIONS.index(combination_of(lab, self.anchor)) for lab in label_list], dtype=int)
+            combinations = pd.Categorical.from_codes(kind[label_code], categories=COMBINATIONS)
+            cell_rows.insert(cell_rows.columns.get_loc("perturbed_token") + 1, "combination", combinations)
         for i, column in enumerate(self.state_columns):
             cell_rows[column] = shifts[:, i]
         two_stage = bool(results) and results[0].confirmed is not None
@@ -132,6 +145,7 @@ class ResultTables:
                     "perturbed": categorical(perturbed, g_code),
                     "perturbed_id": categorical(perturbed_id, g_code),
                     "perturbed_token": categorical(perturbed_token, g_code),
+                    **({} if kind is None else {"combination": pd.Categorical.from_codes(kind[g_code], COMBINATIONS)}),
                     "affected": pd.Categorical(symbols[g_token].astype(str)),
                     "affected_id": pd.Categorical(gene_ids[g_token].astype(str)),
                     "affected_token": g_token.astype(np.int32),
@@ -149,3 +163,14 @@ class ResultTables:
                 table[column] = table[column].astype("category")
             table = table.iloc[np.argsort(keys, kind="stable")].reset_index(drop=True)
         return table, cell_rows
+
+
+#: Values of the ``combination`` column of an ``anchor_gene`` run.
+COMBINATIONS = ("anchor", "gene", "anchor+gene")
+
+
+def combination_of(label: tuple[int, ...], anchor: int) -> str:
+    """Which part of an anchor run a perturbation's tokens are: the anchor alone, a gene alone, or both."""
+    if anchor not in label:
+        return "gene"
+    return "anchor" if len(label) == 1 else "anchor+gene"
