@@ -1,8 +1,9 @@
 """Creating a model from pretrained weights, with the checkpoint's heads.
 
 :class:`PretrainedMixin` gives :class:`~scgeneformer.GeneformerModel` its ``from_pretrained``; the loading functions
-are shared with :class:`~scgeneformer.InferenceModel`. Published checkpoints (by name), Hugging Face model folders and repositories, and folders written by ``save``; the
-encoder in full precision or quantized with bitsandbytes. The functions here need torch and transformers only.
+are shared with :class:`~scgeneformer.InferenceModel` and need torch and transformers only. Sources: published
+checkpoints (by name), Hugging Face model folders and repositories, and folders written by ``save``; the encoder in
+full precision or quantized with bitsandbytes.
 """
 
 from __future__ import annotations
