@@ -56,7 +56,8 @@ class GeneformerModel(
     (randomly initialised) model from a BERT configuration. Inference (:meth:`get_embeddings`, :meth:`predict`,
     :meth:`predict_genes` and the tools of :mod:`scgeneformer.tl`) reads any data encoded by
     :func:`scgeneformer.pp.rank_encode` with the model's vocabulary; training reads the data the model was created
-    with.
+    with. For inference only, :class:`~scgeneformer.InferenceModel` loads the same weights without importing
+    scvi-tools and Lightning, and gives the same results.
 
     Parameters
     ----------

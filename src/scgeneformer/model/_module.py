@@ -1,4 +1,4 @@
-"""The scvi-tools module: :class:`~._network.GeneformerNetwork` with the losses of training (``BaseModuleClass``)."""
+"""The scvi-tools module: :class:`~scgeneformer.model.GeneformerNetwork` with the losses of training (``BaseModuleClass``)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ GENE_LABELS = "gene_labels"
 
 
 class GeneformerModule(GeneformerNetwork, BaseModuleClass):
-    """Geneformer's network (:class:`~._network.GeneformerNetwork`) as a scvi-tools module, with its losses.
+    """Geneformer's network (:class:`~scgeneformer.model.GeneformerNetwork`) as a scvi-tools module, with its losses.
 
     The loss follows the tensors of a batch: cell labels (``"labels"``) train the cell-classification head, gene
     labels (``"gene_labels"``, a class code per token and -100 for unlabelled tokens) the gene-classification head,
@@ -24,7 +24,7 @@ class GeneformerModule(GeneformerNetwork, BaseModuleClass):
     Parameters
     ----------
     bert_config, n_classes, classifier_pooling, classifier_dropout, special_tokens, n_gene_classes
-        As in :class:`~._network.GeneformerNetwork`.
+        As in :class:`~scgeneformer.model.GeneformerNetwork`.
 
     Examples
     --------
