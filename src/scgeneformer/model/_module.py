@@ -1,4 +1,4 @@
-"""The scvi-tools module: :class:`~scgeneformer.model.GeneformerNetwork` with the losses of training (``BaseModuleClass``)."""
+"""The scvi-tools module: the network (``GeneformerNetwork``) with the losses of training (``BaseModuleClass``)."""
 
 from __future__ import annotations
 
