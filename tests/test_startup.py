@@ -75,11 +75,9 @@ def offline_env(tmp_path) -> dict:
 
 
 def test_encode_imports_no_torch(tmp_path, offline_env):
-    out = tmp_path / "encoded.h5ad"
-    code = (
-        f"import scgeneformer as sgf\nsgf.datasets.pbmc_example().write_h5ad({str(tmp_path / 'x.h5ad')!r})\n"
-        + cli("encode", str(tmp_path / "x.h5ad"), "-o", str(out), "--vocabulary", "V1", "--gene-id-key", "ensembl_id")
-    )
+    source, out = str(tmp_path / "x.h5ad"), tmp_path / "encoded.h5ad"
+    write = f"import scgeneformer as sgf\nsgf.datasets.pbmc_example().write_h5ad({source!r})\n"
+    code = write + cli("encode", source, "-o", str(out), "--vocabulary", "V1", "--gene-id-key", "ensembl_id")
     loaded = imported_after(code, offline_env)
     assert out.is_file() and not any(loaded.values()), loaded
 
