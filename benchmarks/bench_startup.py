@@ -69,6 +69,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--src", action="append", help="source tree(s) to measure (default: the installed package)")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--only", action="append", help="measure only the cases whose name contains this text")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="sgf-startup-"))
     base_env = os.environ | {"SGF_CACHE_DIR": str(work / "cache"), "SGF_LOCAL_FILES": str(SHARED / "data")}
@@ -109,6 +110,8 @@ def main() -> None:
             "python: import, encode, load, embed (GeneformerModel)": [sys.executable, "-c", PY_TRAINING_CLASS],
             "python: import, encode, load, embed (InferenceModel)": [sys.executable, "-c", PY_INFERENCE_CLASS],
         }
+        if args.only:
+            cases = {name: command for name, command in cases.items() if any(text in name for text in args.only)}
         results[label] = {}
         for name, command in cases.items():
             timed(command, env)  # warm-up
