@@ -35,7 +35,7 @@ class InferenceModel(InferenceMixin):
     (:meth:`~scgeneformer.GeneformerModel.get_embeddings`, :meth:`~scgeneformer.GeneformerModel.predict`,
     :meth:`~scgeneformer.GeneformerModel.predict_genes`). It cannot be trained: use
     :class:`~scgeneformer.GeneformerModel` for that. Loading it imports torch and transformers but neither
-    scvi-tools nor Lightning, which makes a fresh process reach its first embedding several times sooner.
+    scvi-tools nor Lightning, so a fresh process reaches its first embedding sooner.
 
     Parameters
     ----------
