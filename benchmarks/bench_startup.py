@@ -6,7 +6,9 @@ Measured per case (median of ``--runs`` fresh processes, after one warm-up that 
   also reports whether torch, Lightning, scvi-tools or scanpy were imported (``sys.modules`` at exit).
 - ``scgeneformer embed``: the bundled PBMC example, encoded beforehand, embedded with the small test checkpoint
   (``shared/golden/checkpoints/tiny_v1``: the published weights cannot be downloaded here).
-- Python: import, rank-encode the bundled example, load that checkpoint, embed.
+- Python: import, rank-encode the bundled example, load that checkpoint, embed; with ``GeneformerModel`` (the
+  training class, which imports scvi-tools) and with ``InferenceModel`` (inference only; trees without it use
+  ``GeneformerModel``).
 
 ``--src`` names a source tree (its ``src`` folder goes first on ``PYTHONPATH``), so that two versions can be measured
 in one run on the same machine::
@@ -37,10 +39,15 @@ PY_EMBED = f"""
 import scgeneformer as sgf
 adata = sgf.datasets.pbmc_example()
 sgf.pp.rank_encode(adata, vocabulary="V1", gene_id_key="ensembl_id")
-model = sgf.GeneformerModel.from_pretrained({str(CHECKPOINT)!r})
+model = MODEL_CLASS.from_pretrained({str(CHECKPOINT)!r})
 sgf.tl.embed(adata, model, execution={{"progress_bar": False}})
 assert adata.obsm["X_geneformer"].shape[0] == adata.n_obs
 """
+#: The Python case with the training class, and with the inference-only class in trees that have it (issue 22).
+PY_TRAINING_CLASS = PY_EMBED.replace("MODEL_CLASS", "sgf.GeneformerModel")
+PY_INFERENCE_CLASS = PY_EMBED.replace(
+    "MODEL_CLASS", '(sgf.InferenceModel if "InferenceModel" in dir(sgf) else sgf.GeneformerModel)'
+)
 
 
 def timed(command: list[str], env: dict) -> tuple[float, str]:
@@ -62,6 +69,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--src", action="append", help="source tree(s) to measure (default: the installed package)")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--only", action="append", help="measure only the cases whose name contains this text")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="sgf-startup-"))
     base_env = os.environ | {"SGF_CACHE_DIR": str(work / "cache"), "SGF_LOCAL_FILES": str(SHARED / "data")}
@@ -99,8 +107,11 @@ def main() -> None:
                 str(CHECKPOINT),
                 "--no-progress",
             ],
-            "python: import, encode, load, embed": [sys.executable, "-c", PY_EMBED],
+            "python: import, encode, load, embed (GeneformerModel)": [sys.executable, "-c", PY_TRAINING_CLASS],
+            "python: import, encode, load, embed (InferenceModel)": [sys.executable, "-c", PY_INFERENCE_CLASS],
         }
+        if args.only:
+            cases = {name: command for name, command in cases.items() if any(text in name for text in args.only)}
         results[label] = {}
         for name, command in cases.items():
             timed(command, env)  # warm-up
@@ -111,9 +122,9 @@ def main() -> None:
         )
     names = [n for n in next(iter(results.values())) if not n.startswith("imports")]
     print(f"median of {args.runs} fresh processes (s); {os.cpu_count()} CPUs")
-    print(f"{'case':<46}" + "".join(f"{label[-24:]:>26}" for label in results))
+    print(f"{'case':<56}" + "".join(f"{label[-24:]:>26}" for label in results))
     for name in names:
-        print(f"{name:<46}" + "".join(f"{results[label][name]:>26.2f}" for label in results))
+        print(f"{name:<56}" + "".join(f"{results[label][name]:>26.2f}" for label in results))
     for label, measured in results.items():
         print(f"{label}: modules imported by list_models(): {measured['imports after list_models()']}")
     out = ROOT / "benchmarks" / "results"

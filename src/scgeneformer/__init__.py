@@ -1,7 +1,8 @@
 """scgeneformer: Geneformer for scverse.
 
 Use it as ``import scgeneformer as sgf``; the submodules ``pp``, ``tl`` and ``pl`` follow scanpy's layering.
-Heavy dependencies (anndata, torch, scvi-tools) are imported on first use, so importing the package is fast.
+Heavy dependencies (anndata, torch, scvi-tools) are imported on first use, so importing the package is fast;
+:class:`InferenceModel` runs every tool without scvi-tools and Lightning, which only training needs.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ if TYPE_CHECKING:
     from ._data._corpus import Corpus, read_corpus
     from ._data._encoding import EncodingInfo
     from ._hub._download import DownloadError, seed_cache
-    from .model import GeneformerModel, list_models
+    from .model import GeneformerModel, InferenceModel, list_models
     from .vocabulary import Vocabulary, get_vocabulary
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "EncodingInfo",
     "Execution",
     "GeneformerModel",
+    "InferenceModel",
     "Vocabulary",
     "datasets",
     "get_vocabulary",
@@ -53,6 +55,7 @@ _LAZY = {
     "read_corpus": ("._data._corpus", "read_corpus"),
     "Execution": ("._compute._execution", "Execution"),
     "GeneformerModel": (".model", "GeneformerModel"),
+    "InferenceModel": (".model", "InferenceModel"),
     "list_models": ("._hub._checkpoints", "list_models"),
     "Vocabulary": (".vocabulary", "Vocabulary"),
     "get_vocabulary": (".vocabulary", "get_vocabulary"),

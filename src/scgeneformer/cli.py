@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from mudata import MuData
 
     from ._compute._execution import Execution
-    from .model import GeneformerModel
+    from .model import GeneformerModel, InferenceModel
 
 app = typer.Typer(
     name="scgeneformer",
@@ -285,10 +285,11 @@ def _write_table(table, path: Path) -> None:
         table.to_csv(f, index=False, sep=TABLE_FORMATS[path.suffix])
 
 
-def _load_model(name: str):
+def _load_model(name: str) -> "InferenceModel":
+    """The model of ``--model`` for inference: no scvi-tools or Lightning to import (several seconds saved)."""
     import scgeneformer as sgf
 
-    return sgf.GeneformerModel.from_pretrained(name)
+    return sgf.InferenceModel.from_pretrained(name)
 
 
 @app.callback()
@@ -446,6 +447,93 @@ def perturb(
         _write_table(resolve_adata(data).uns[key_added]["cells"], table)
 
 
+def execution_command(run: Callable[..., None]) -> Callable[..., None]:
+    """A command with the :data:`EXECUTION_OPTIONS` after its own, which ``run`` receives as one ``execution``."""
+    own = [p for p in inspect.signature(run).parameters.values() if p.name != "execution"]
+
+    @functools.wraps(run)
+    def command(**options) -> None:
+        execution = _execution(**{p.name: options.pop(p.name) for p in EXECUTION_OPTIONS})
+        run(**options, execution=execution)
+
+    parameters = [*(p.replace(kind=p.KEYWORD_ONLY) for p in own), *EXECUTION_OPTIONS]
+    command.__signature__ = inspect.Signature(parameters, return_annotation=None)
+    command.__annotations__ = {p.name: p.annotation for p in parameters}
+    return command
+
+
+@app.command()
+@execution_command
+def train(
+    input: Input,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Model folder written (annotate --model takes it).")],
+    model: Model,
+    label: Annotated[str, typer.Option("--label", "-l", help=".obs column of the cell labels to learn.")],
+    epochs: Annotated[int, typer.Option(help="Maximum passes over the training cells.")] = 10,
+    learning_rate: Annotated[float, typer.Option(help="AdamW learning rate.")] = 5e-5,
+    freeze_layers: Annotated[int, typer.Option(help="Freeze the first N encoder layers.")] = 0,
+    group_key: Annotated[
+        str | None, typer.Option(help=".obs column (e.g. donor) kept whole across train/validation/test.")
+    ] = None,
+    lora_rank: Annotated[
+        int | None, typer.Option(help="Train LoRA adapters of this rank instead of the weights (lora extra).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the splits and the initialisation.")] = 0,
+    overwrite: Annotated[bool, typer.Option(help="Replace a model saved in --output before.")] = False,
+    encoding_key: Annotated[str, typer.Option(help="key_added of the encoding.")] = "geneformer",
+    *,
+    execution: "Execution",
+) -> None:
+    """Fine-tune a cell classifier on an encoded file (GeneformerModel.train_classifier); save it to a folder."""
+    check_paths([input], {})
+    if output.exists() and not output.is_dir():
+        msg = f"--output {output} is a file: the model is saved as a folder; give a folder path."
+        raise ValueError(msg)
+    if epochs < 1:
+        msg = f"--epochs must be at least 1, got {epochs}."
+        raise ValueError(msg)
+    data = _read(input)
+    from ._data._anndata import resolve_adata
+
+    adata = resolve_adata(data)
+    _check_labels(adata, label)
+    import scgeneformer as sgf
+
+    if encoding_key != "geneformer":
+        sgf.GeneformerModel.setup_anndata(adata, encoding_key=encoding_key)
+    trained = sgf.GeneformerModel.from_pretrained(model, adata)
+    if lora_rank is not None:
+        trained.add_lora(r=lora_rank)
+    report = trained.train_classifier(
+        max_epochs=epochs,
+        labels_key=label,
+        freeze_layers=freeze_layers,
+        group_key=group_key,
+        seed=seed,
+        plan_kwargs={"lr": learning_rate},
+        execution=execution,
+    )
+    trained.save(output, overwrite=overwrite)
+    typer.echo(
+        f"test set: accuracy {report['accuracy']:.3f}, macro F1 {report['macro_f1']:.3f} on {report['n_cells']} "
+        f"cells; classes {', '.join(map(str, report['classes']))}",
+        err=True,
+    )
+    typer.echo(f"wrote {output} (scgeneformer annotate ... --model {output})", err=True)
+
+
+def _check_labels(adata: "AnnData", label: str) -> None:
+    """Refuse, before a model is loaded, a label column that is missing or has fewer than two labels."""
+    if label not in adata.obs:
+        columns = ", ".join(map(str, adata.obs.columns[:20])) or "none"
+        msg = f"--label {label}: no such .obs column in the input (its columns: {columns})."
+        raise ValueError(msg)
+    n_labels = adata.obs[label].dropna().nunique()
+    if n_labels < 2:
+        msg = f"--label {label}: a classifier needs at least two labels; the column has {n_labels}."
+        raise ValueError(msg)
+
+
 @app.command()
 def stats(
     input: Input,
@@ -480,9 +568,13 @@ def demo(
     local_files: Annotated[Path | None, typer.Option(help="Folder with copies of the published files.")] = None,
 ) -> None:
     """Run the main job end to end on the bundled PBMC example."""
+    import scgeneformer as sgf
+
     from .demo import local_files_folder, run_demo
 
-    run_demo(model, local_files_folder(None if local_files is None else str(local_files)))
+    # The global `scgeneformer --local-files DIR demo` (or SGF_LOCAL_FILES) counts as much as the command's own option.
+    given = local_files if local_files is not None else sgf.settings.local_files
+    run_demo(model, local_files_folder(None if given is None else str(given)))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -68,10 +68,10 @@ def _load_model(name: str, local_files: Path | None):
     import scgeneformer as sgf
 
     try:
-        return sgf.GeneformerModel.from_pretrained(name)
+        return sgf.InferenceModel.from_pretrained(name)
     except sgf.DownloadError:
         fallback = None if local_files is None else local_files / "golden" / "checkpoints" / "tiny_v1"
         if fallback is None or not fallback.is_dir():
             raise
         print(f"offline: the published {name} weights are not available here; using the test checkpoint {fallback}")
-        return sgf.GeneformerModel.from_pretrained(fallback)
+        return sgf.InferenceModel.from_pretrained(fallback)

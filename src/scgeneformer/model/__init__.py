@@ -1,12 +1,24 @@
-"""Geneformer as a scvi-tools model: module, model class, training plan, tasks and published checkpoints."""
+"""Geneformer models: the network, the scvi-tools model class for training, a model for inference only, and more.
 
-from .._hub._checkpoints import CHECKPOINTS, Checkpoint, get_checkpoint, list_models
-from ._card import read_model_card
-from ._gene_classifier import GeneLabels
-from ._inference import Embeddings
-from ._model import GeneformerModel
-from ._module import GeneformerModule
-from ._plans import PLAN_DEFAULTS, ClassifierTrainingPlan, GeneformerTrainingPlan
+Names are imported on first use (PEP 562): :class:`InferenceModel` and the network need torch and transformers
+only, :class:`GeneformerModel` and the training classes import scvi-tools (and with it Lightning).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .._hub._checkpoints import CHECKPOINTS, Checkpoint, get_checkpoint, list_models
+    from ._card import read_model_card
+    from ._gene_classifier import GeneLabels
+    from ._inference import Embeddings
+    from ._inference_model import InferenceModel
+    from ._model import GeneformerModel
+    from ._module import GeneformerModule
+    from ._network import GeneformerNetwork
+    from ._plans import PLAN_DEFAULTS, ClassifierTrainingPlan, GeneformerTrainingPlan
 
 __all__ = [
     "CHECKPOINTS",
@@ -17,8 +29,41 @@ __all__ = [
     "GeneLabels",
     "GeneformerModel",
     "GeneformerModule",
+    "GeneformerNetwork",
     "GeneformerTrainingPlan",
+    "InferenceModel",
     "get_checkpoint",
     "list_models",
     "read_model_card",
 ]
+
+#: Where each public name lives (imported on first access).
+_LAZY = {
+    "CHECKPOINTS": "scgeneformer._hub._checkpoints",
+    "Checkpoint": "scgeneformer._hub._checkpoints",
+    "get_checkpoint": "scgeneformer._hub._checkpoints",
+    "list_models": "scgeneformer._hub._checkpoints",
+    "read_model_card": "scgeneformer.model._card",
+    "GeneLabels": "scgeneformer.model._gene_classifier",
+    "Embeddings": "scgeneformer.model._inference",
+    "InferenceModel": "scgeneformer.model._inference_model",
+    "GeneformerModel": "scgeneformer.model._model",
+    "GeneformerModule": "scgeneformer.model._module",
+    "GeneformerNetwork": "scgeneformer.model._network",
+    "PLAN_DEFAULTS": "scgeneformer.model._plans",
+    "ClassifierTrainingPlan": "scgeneformer.model._plans",
+    "GeneformerTrainingPlan": "scgeneformer.model._plans",
+}
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        msg = f"module {__name__!r} has no attribute {name!r}"
+        raise AttributeError(msg)
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -57,7 +57,30 @@ class Embeddings:
 
 
 class InferenceMixin:
-    """Embeddings and predictions of a :class:`~scgeneformer.GeneformerModel`."""
+    """Embeddings and predictions of a :class:`~scgeneformer.GeneformerModel` or :class:`~scgeneformer.InferenceModel`.
+
+    It needs the network (``module``, a :class:`~scgeneformer.model.GeneformerNetwork`), ``vocabulary_version``,
+    ``classes``, ``gene_classes`` and, for data set up with the model, ``adata`` and ``corpus``: nothing of
+    scvi-tools, so that inference runs without importing it.
+    """
+
+    def _setup_encoding_key(self) -> str | None:
+        """The encoding key registered with the model's data (``None``: none registered)."""
+        return None
+
+    def check_encoding(self, info: EncodingInfo) -> None:
+        """Raise if data were encoded with another vocabulary than the model's, or are longer than its input."""
+        if info.version != self.vocabulary_version:
+            msg = (
+                f"The data were rank-encoded with the {info.version} vocabulary but the model uses "
+                f"{self.vocabulary_version}; re-run "
+                f"`sgf.pp.rank_encode(adata, vocabulary='{self.vocabulary_version}')`."
+            )
+            raise ValueError(msg)
+        max_len = self.module.config.max_position_embeddings
+        if info.lengths.max(initial=0) > max_len:
+            msg = f"Encoded cells are longer ({info.lengths.max()}) than the model's input size {max_len}."
+            raise ValueError(msg)
 
     def encoding_info(
         self, adata: AnnData | MuData | None = None, *, encoding_key: str | None = None, mod: str = "rna"
@@ -67,7 +90,7 @@ class InferenceMixin:
         It is the encoding of ``adata`` (AnnData or the ``mod`` modality of a MuData), or of the data the model was
         set up with. ``encoding_key`` defaults to the one registered with :meth:`setup_anndata`, else ``"geneformer"``.
         """
-        key = encoding_key or self.registry_["setup_args"].get("encoding_key") or "geneformer"
+        key = encoding_key or self._setup_encoding_key() or "geneformer"
         if adata is None and getattr(self, "corpus", None) is not None:
             self.check_encoding(self.corpus)
             return self.corpus
@@ -216,75 +239,6 @@ class InferenceMixin:
             adata, indices, layer=layer, pooling=pooling, encoding_key=encoding_key, mod=mod, execution=execution
         ).cells
 
-    def get_reconstruction_error(
-        self,
-        adata: AnnData | MuData | None = None,
-        indices: Sequence[int] | np.ndarray | None = None,
-        *,
-        mlm_probability: float = 0.15,
-        seed: int = 1234,
-        encoding_key: str | None = None,
-        mod: str = "rna",
-        execution: Execution | Mapping | None = None,
-    ) -> dict[str, float]:
-        """Masked-gene loss and accuracy of cells, with masks drawn as in :meth:`train` (seeded, so repeatable).
-
-        Use it to compare models on the same held-out cells, e.g. before and after (continued) pretraining.
-
-        Parameters
-        ----------
-        adata, indices, encoding_key, mod, execution
-            As in :meth:`get_embeddings`.
-        mlm_probability
-            Share of gene tokens masked.
-        seed
-            Seed of the masks: the same seed masks the same positions.
-
-        Returns
-        -------
-        ``{"loss": mean cross-entropy per masked gene, "accuracy": share predicted exactly, "n_masked": genes
-        masked, "n_cells": cells}``.
-
-        Examples
-        --------
-        >>> model.get_reconstruction_error(adata, model.validation_indices)  # doctest: +SKIP
-        """
-        from ._datamodule import TokenCollator, TokenDataModule
-
-        info = self.encoding_info(adata, encoding_key=encoding_key, mod=mod)
-        cells = self._cells(info, indices)
-        cells = cells[info.lengths[cells] > 0]
-        execution = Execution.coerce(execution)
-        device = execution.device
-        collator = TokenCollator(
-            info, vocab_size=self.module.config.vocab_size, mlm_probability=mlm_probability, seed=seed, fixed_masks=True
-        )
-        empty = cells[:0]
-        loader = TokenDataModule(
-            info,
-            collator=collator,
-            split=(empty, cells, empty),
-            token_budget=execution.token_budget_for(device.type),
-            max_cells=execution.batch_size,
-        ).val_dataloader()
-        total = correct = 0.0
-        n = 0
-        module = self.module.to(device)
-        was_training = module.training
-        module.eval()
-        try:
-            with torch.inference_mode(), execution.autocast(device):
-                for batch in loader:
-                    batch = {k: v.to(device) for k, v in batch.items()}
-                    _, generative, loss = module(batch)
-                    k = len(generative["targets"])
-                    total += float(loss.loss) * k
-                    correct += float((generative["logits"].argmax(-1) == generative["targets"]).sum())
-                    n += k
-        finally:
-            module.train(was_training)
-        return {"loss": total / max(n, 1), "accuracy": correct / max(n, 1), "n_masked": n, "n_cells": len(cells)}
-
     def predict(
         self,
         adata: AnnData | MuData | None = None,
@@ -408,6 +362,79 @@ class InferenceMixin:
         codes = np.full(len(probabilities), -1)
         codes[seen] = probabilities[seen].argmax(1)
         return pd.Categorical.from_codes(codes, categories=list(self.gene_classes))
+
+
+class MaskedLossMixin:
+    """The masked-gene loss of a :class:`~scgeneformer.GeneformerModel` (it runs the scvi-tools module's loss)."""
+
+    def get_reconstruction_error(
+        self,
+        adata: AnnData | MuData | None = None,
+        indices: Sequence[int] | np.ndarray | None = None,
+        *,
+        mlm_probability: float = 0.15,
+        seed: int = 1234,
+        encoding_key: str | None = None,
+        mod: str = "rna",
+        execution: Execution | Mapping | None = None,
+    ) -> dict[str, float]:
+        """Masked-gene loss and accuracy of cells, with masks drawn as in :meth:`train` (seeded, so repeatable).
+
+        Use it to compare models on the same held-out cells, e.g. before and after (continued) pretraining.
+
+        Parameters
+        ----------
+        adata, indices, encoding_key, mod, execution
+            As in :meth:`get_embeddings`.
+        mlm_probability
+            Share of gene tokens masked.
+        seed
+            Seed of the masks: the same seed masks the same positions.
+
+        Returns
+        -------
+        ``{"loss": mean cross-entropy per masked gene, "accuracy": share predicted exactly, "n_masked": genes
+        masked, "n_cells": cells}``.
+
+        Examples
+        --------
+        >>> model.get_reconstruction_error(adata, model.validation_indices)  # doctest: +SKIP
+        """
+        from ._datamodule import TokenCollator, TokenDataModule
+
+        info = self.encoding_info(adata, encoding_key=encoding_key, mod=mod)
+        cells = self._cells(info, indices)
+        cells = cells[info.lengths[cells] > 0]
+        execution = Execution.coerce(execution)
+        device = execution.device
+        collator = TokenCollator(
+            info, vocab_size=self.module.config.vocab_size, mlm_probability=mlm_probability, seed=seed, fixed_masks=True
+        )
+        empty = cells[:0]
+        loader = TokenDataModule(
+            info,
+            collator=collator,
+            split=(empty, cells, empty),
+            token_budget=execution.token_budget_for(device.type),
+            max_cells=execution.batch_size,
+        ).val_dataloader()
+        total = correct = 0.0
+        n = 0
+        module = self.module.to(device)
+        was_training = module.training
+        module.eval()
+        try:
+            with torch.inference_mode(), execution.autocast(device):
+                for batch in loader:
+                    batch = {k: v.to(device) for k, v in batch.items()}
+                    _, generative, loss = module(batch)
+                    k = len(generative["targets"])
+                    total += float(loss.loss) * k
+                    correct += float((generative["logits"].argmax(-1) == generative["targets"]).sum())
+                    n += k
+        finally:
+            module.train(was_training)
+        return {"loss": total / max(n, 1), "accuracy": correct / max(n, 1), "n_masked": n, "n_cells": len(cells)}
 
 
 def _per_var_means(info: EncodingInfo, sums: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

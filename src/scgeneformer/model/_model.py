@@ -16,10 +16,10 @@ from scvi.model.base import BaseModelClass
 
 from .._data._corpus import Corpus
 from .._data._encoding import EncodingInfo, encoding_keys
-from ._hf_folder import VOCABULARY_BY_SIZE
-from ._inference import InferenceMixin
+from ._inference import InferenceMixin, MaskedLossMixin
 from ._lora import LoraMixin, LoraSettings
 from ._module import GeneformerModule
+from ._network import network_arguments
 from ._pretrained import PretrainedMixin
 from ._save_load import SaveLoadMixin
 from ._training import TrainingMixin
@@ -47,14 +47,17 @@ def data_free_registry(model_name: str) -> dict:
     }
 
 
-class GeneformerModel(PretrainedMixin, SaveLoadMixin, TrainingMixin, LoraMixin, InferenceMixin, BaseModelClass):
+class GeneformerModel(
+    PretrainedMixin, SaveLoadMixin, TrainingMixin, LoraMixin, MaskedLossMixin, InferenceMixin, BaseModelClass
+):
     """Geneformer: a BERT encoder over rank-value encoded transcriptomes.
 
     Create one from a published checkpoint or a local Hugging Face folder with :meth:`from_pretrained`, or a fresh
     (randomly initialised) model from a BERT configuration. Inference (:meth:`get_embeddings`, :meth:`predict`,
     :meth:`predict_genes` and the tools of :mod:`scgeneformer.tl`) reads any data encoded by
     :func:`scgeneformer.pp.rank_encode` with the model's vocabulary; training reads the data the model was created
-    with.
+    with. For inference only, :class:`~scgeneformer.InferenceModel` loads the same weights without importing
+    scvi-tools and Lightning, and gives the same results.
 
     Parameters
     ----------
@@ -109,21 +112,8 @@ class GeneformerModel(PretrainedMixin, SaveLoadMixin, TrainingMixin, LoraMixin, 
         if adata is not None and registry is None and self._get_most_recent_anndata_manager(adata) is None:
             type(self).setup_anndata(adata)  # rank-encoded data need no other setup for unlabelled training
         super().__init__(adata, registry)
-        vocabulary = vocabulary or VOCABULARY_BY_SIZE.get(int(bert_config["vocab_size"]))
-        if vocabulary not in ("V1", "V2"):
-            msg = "Cannot tell the model's vocabulary from its vocab_size; pass vocabulary='V1' or 'V2'."
-            raise ValueError(msg)
-        if isinstance(classes, dict):
-            n_classes = {task: len(names) for task, names in classes.items()}
-        else:
-            n_classes = None if classes is None else len(classes)
-        self.module = GeneformerModule(
-            bert_config,
-            n_classes=n_classes,
-            classifier_pooling=classifier_pooling,
-            special_tokens=vocabulary == "V2",
-            n_gene_classes=None if gene_classes is None else len(gene_classes),
-        )
+        vocabulary, arguments = network_arguments(bert_config, vocabulary, classes, classifier_pooling, gene_classes)
+        self.module = GeneformerModule(**arguments)
         self.module.eval()  # inference mode until trained: no dropout
         self.lora_settings = None
         if lora is not None:
@@ -187,19 +177,8 @@ class GeneformerModel(PretrainedMixin, SaveLoadMixin, TrainingMixin, LoraMixin, 
         manager.register_fields(adata, **kwargs)
         cls.register_manager(manager)
 
-    def check_encoding(self, info: EncodingInfo) -> None:
-        """Raise if data were encoded with another vocabulary than the model's, or are longer than its input."""
-        if info.version != self.vocabulary_version:
-            msg = (
-                f"The data were rank-encoded with the {info.version} vocabulary but the model uses "
-                f"{self.vocabulary_version}; re-run "
-                f"`sgf.pp.rank_encode(adata, vocabulary='{self.vocabulary_version}')`."
-            )
-            raise ValueError(msg)
-        max_len = self.module.config.max_position_embeddings
-        if info.lengths.max(initial=0) > max_len:
-            msg = f"Encoded cells are longer ({info.lengths.max()}) than the model's input size {max_len}."
-            raise ValueError(msg)
+    def _setup_encoding_key(self) -> str | None:
+        return self.registry_["setup_args"].get("encoding_key")
 
     @property
     def summary_string(self) -> str:

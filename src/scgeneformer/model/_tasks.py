@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ._lora import has_lora, is_lora_parameter
-from ._module import classification_head
+from ._network import classification_head
 from ._plans import ClassifierTrainingPlan, GeneformerTrainingPlan
 
 if TYPE_CHECKING:

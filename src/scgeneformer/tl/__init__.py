@@ -1,18 +1,27 @@
-"""Tools: embeddings, cell annotation, gene classification and in silico perturbation with Geneformer models."""
+"""Tools: embeddings, cell annotation, gene classification and in silico perturbation with Geneformer models.
 
-from ._annotate import annotate
-from ._benchmark import benchmark_embeddings
-from ._classifier_cv import baseline_classification_cv, cell_classification_cv, hyperparameter_search
-from ._embed import embed, state_embeddings
-from ._gene_classify import classify_genes, gene_classification_cv
-from ._perturb import (
-    GoalStates,
-    PerturbationResults,
-    PerturbationStore,
-    perturb,
-    perturbation_stats,
-    read_perturbation_store,
-)
+Each function is imported on first use (PEP 562), so that ``import scgeneformer.tl`` imports no torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._annotate import annotate
+    from ._benchmark import benchmark_embeddings
+    from ._classifier_cv import baseline_classification_cv, cell_classification_cv, hyperparameter_search
+    from ._embed import embed, state_embeddings
+    from ._gene_classify import classify_genes, gene_classification_cv
+    from ._perturb import (
+        GoalStates,
+        PerturbationResults,
+        PerturbationStore,
+        perturb,
+        perturbation_stats,
+        read_perturbation_store,
+    )
 
 __all__ = [
     "GoalStates",
@@ -31,3 +40,35 @@ __all__ = [
     "read_perturbation_store",
     "state_embeddings",
 ]
+
+#: Where each public name lives (imported on first access).
+_LAZY = {
+    "annotate": "scgeneformer.tl._annotate",
+    "benchmark_embeddings": "scgeneformer.tl._benchmark",
+    "baseline_classification_cv": "scgeneformer.tl._classifier_cv",
+    "cell_classification_cv": "scgeneformer.tl._classifier_cv",
+    "hyperparameter_search": "scgeneformer.tl._classifier_cv",
+    "embed": "scgeneformer.tl._embed",
+    "state_embeddings": "scgeneformer.tl._embed",
+    "classify_genes": "scgeneformer.tl._gene_classify",
+    "gene_classification_cv": "scgeneformer.tl._gene_classify",
+    "GoalStates": "scgeneformer.tl._perturb",
+    "PerturbationResults": "scgeneformer.tl._perturb",
+    "PerturbationStore": "scgeneformer.tl._perturb",
+    "perturb": "scgeneformer.tl._perturb",
+    "perturbation_stats": "scgeneformer.tl._perturb",
+    "read_perturbation_store": "scgeneformer.tl._perturb",
+}
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        msg = f"module {__name__!r} has no attribute {name!r}"
+        raise AttributeError(msg)
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
