@@ -98,3 +98,19 @@ assert adata.obsm["X_geneformer"].shape == (134, 64)
     assert loaded["torch"] and not any(loaded[m] for m in TRAINING_STACK), loaded
     loaded = imported_after(cli("embed", encoded, "-o", embedded, "-m", checkpoint, "--no-progress"), offline_env)
     assert loaded["torch"] and not any(loaded[m] for m in TRAINING_STACK), loaded
+
+
+def test_stats_imports_no_torch(tmp_path):
+    """``scgeneformer stats`` reads results and computes statistics: no model, so no torch."""
+    from helpers import encoded_counts, make_vocabulary, tiny_model
+
+    import scgeneformer as sgf
+
+    vocab = make_vocabulary("V1")
+    adata = encoded_counts(vocab, n_obs=6)
+    quiet = {"accelerator": "cpu", "progress_bar": False}
+    sgf.tl.perturb(adata, tiny_model(vocab), "all", vocabulary=vocab, max_cells=2, execution=quiet)
+    results, table = str(tmp_path / "results.h5ad"), tmp_path / "stats.csv"
+    adata.write_h5ad(results)
+    loaded = imported_after(cli("stats", results, "-o", str(table), "--mode", "aggregate_data"))
+    assert table.is_file() and not loaded["torch"] and not loaded["scvi"], loaded

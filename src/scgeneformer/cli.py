@@ -401,7 +401,22 @@ def perturb(
     genes: Annotated[
         list[str] | None, typer.Option("--gene", "-g", help="Gene perturbed (repeat for a set); default: all genes.")
     ] = None,
-    perturbation: Annotated[str, typer.Option(help="delete, overexpress, inhibit or activate.")] = "delete",
+    perturbation: Annotated[str, typer.Option(help="delete, mask, overexpress, inhibit or activate.")] = "delete",
+    combine: Annotated[
+        str, typer.Option(help="With several --gene: together (one set) or separately (one row per gene).")
+    ] = "together",
+    anchor_gene: Annotated[
+        str | None, typer.Option(help="With all genes: also perturb this gene alone and with each other gene.")
+    ] = None,
+    screen: Annotated[
+        str, typer.Option(help="exact, or two_stage: estimate every deletion, confirm the strongest exactly.")
+    ] = "exact",
+    n_confirm: Annotated[int, typer.Option(help="two_stage: deletions confirmed exactly per cell.")] = 60,
+    n_confirm_genes: Annotated[
+        int, typer.Option(help="two_stage: top genes by estimate, confirmed exactly in all their cells.")
+    ] = 20,
+    min_cells: Annotated[int, typer.Option(help="Summary: leave out genes seen in fewer cells.")] = 1,
+    dry_run: Annotated[bool, typer.Option(help="Print what the run would cost (JSON) and write nothing.")] = False,
     state_key: Annotated[str | None, typer.Option(help="Goal-state mode: .obs column of the states.")] = None,
     start_state: Annotated[str | None, typer.Option(help="State whose cells are perturbed.")] = None,
     goal_state: Annotated[str | None, typer.Option(help="State to move toward.")] = None,
@@ -425,11 +440,18 @@ def perturb(
     if any(v is not None for v in (state_key, start_state, goal_state)) or alt_state:
         states = {"state_key": state_key, "start_state": start_state, "goal_state": goal_state}
         states["alt_states"] = list(alt_state or [])
-    sgf.tl.perturb(
+    plan = sgf.tl.perturb(
         data,
         model,
         genes or "all",
         perturbation=perturbation,
+        combine=combine,
+        anchor_gene=anchor_gene,
+        screen=screen,
+        n_confirm=n_confirm,
+        n_confirm_genes=n_confirm_genes,
+        min_cells=min_cells,
+        dry_run=dry_run,
         states=states,
         cells=cells_key,
         max_cells=max_cells,
@@ -441,6 +463,11 @@ def perturb(
         encoding_key=encoding_key,
         execution=execution,
     )
+    if dry_run:
+        import json
+
+        typer.echo(json.dumps(plan, indent=1))
+        raise typer.Exit(0)  # nothing ran: no output file
     if table is not None:
         from ._data._anndata import resolve_adata
 

@@ -10,17 +10,25 @@ Modules, one job each:
 - ``_planning``: parts of a screen, their cost, and their sharing between processes;
 - ``_running`` / ``_distributed``: running the parts in this process / over Lightning processes;
 - ``_engine`` (with ``_first_layer``): batched forward passes and comparisons of one part;
+- ``_estimate`` / ``_two_stage``: two-stage screens (stage-1 estimates of every deletion, exact confirmations);
+- ``_preview``: what a run will cost (``dry_run``) and the size check of in-memory results;
 - ``_tables`` / ``_summaries``: the result table and its summaries, in memory or from a store;
 - ``_store``: :class:`PerturbationStore`, results on disk, resumable;
 - ``_results``: :class:`PerturbationResults`, the one reader of results (used by the statistics and ``sgf.pl``);
 - ``_stats``: :func:`perturbation_stats`.
 """
 
-from ._orchestration import perturb
-from ._results import PerturbationResults, read_perturbation_store
-from ._spec import GoalStates
-from ._stats import perturbation_stats
-from ._store import PerturbationStore
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._orchestration import perturb
+    from ._results import PerturbationResults, read_perturbation_store
+    from ._spec import GoalStates
+    from ._stats import perturbation_stats
+    from ._store import PerturbationStore
 
 __all__ = [
     "GoalStates",
@@ -30,3 +38,26 @@ __all__ = [
     "perturbation_stats",
     "read_perturbation_store",
 ]
+
+# Imported on first use: reading results and their statistics (``scgeneformer stats``) needs no torch, running does.
+_LAZY = {
+    "perturb": "._orchestration",
+    "PerturbationResults": "._results",
+    "read_perturbation_store": "._results",
+    "GoalStates": "._spec",
+    "perturbation_stats": "._stats",
+    "PerturbationStore": "._store",
+}
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        msg = f"module {__name__!r} has no attribute {name!r}"
+        raise AttributeError(msg)
+    value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
