@@ -191,6 +191,7 @@ def test_a_two_stage_store_resumes_to_the_uninterrupted_results(setup, tmp_path,
     np.testing.assert_array_equal(summary["n_confirmed"], uninterrupted["genes"]["n_confirmed"])
 
 
+@pytest.mark.filterwarnings("ignore:Writing zarr v2 data:UserWarning")  # anndata's notice about its next default
 def test_two_stage_results_survive_files_and_feed_stats_and_plots(setup, tmp_path):
     adata, model, vocab = setup
     states = {"state_key": "state", "start_state": "a", "goal_state": "b"}
@@ -225,3 +226,20 @@ def test_two_stage_refuses_what_it_cannot_estimate(setup, kwargs, match):
         screen(adata, model, vocab, **kwargs)
     with pytest.raises(ValueError, match="single-gene deletions"):
         sgf.tl.perturb(adata, model, ["GENE3"], vocabulary=vocab, screen="two_stage")
+
+
+def test_plots_mark_genes_whose_mean_includes_estimates(setup):
+    adata, model, vocab = setup
+    sgf.tl.perturb(adata, model, "all", vocabulary=vocab, execution=QUIET, screen="two_stage", n_confirm=2,
+                   n_confirm_genes=1, max_cells=4)  # fmt: skip
+    import matplotlib
+
+    matplotlib.use("Agg")
+    ax = sgf.pl.perturbation_shifts(adata, show=False, n_genes=40)
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert any("≈" in label for label in labels) and any("≈" not in label for label in labels)
+    assert "≈ includes stage-1 estimates" in ax.get_title()
+    stats = sgf.tl.perturbation_stats(adata, "mixture_model", inplace=False)
+    summary = adata.uns["geneformer_perturb"]["genes"]
+    expected = dict(zip(summary["perturbed_token"].astype(str), summary["n_confirmed"], strict=True))
+    assert stats["n_confirmed"].tolist() == [expected[t] for t in stats["perturbed_token"].astype(str)]

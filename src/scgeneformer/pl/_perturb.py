@@ -59,7 +59,8 @@ def perturbation_shifts(
         FDR threshold of the significance marks.
     min_cells
         Perturbations seen in fewer cells are left out of the ranking (their mean rests on too few cells).
-        Tick labels show each perturbation's number of cells (``n=``).
+        Tick labels show each perturbation's number of cells (``n=``). On a two-stage screen, genes whose mean
+        includes stage-1 estimates (not confirmed exactly in all their cells) are marked ``≈``.
     ax, show, save, mod
         As in :func:`~scgeneformer.pl.confusion_matrix`.
 
@@ -77,6 +78,9 @@ def perturbation_shifts(
     results = PerturbationResults(data, key, mod)
     rows, label = _effect(results)
     summary = rows.groupby("perturbed", observed=True)["effect"].agg(["mean", "sem", "size"])
+    two_stage = "confirmed" in rows
+    if two_stage:  # genes whose mean includes stage-1 estimates are marked ≈
+        summary["confirmed"] = rows.groupby("perturbed", observed=True)["confirmed"].sum()
     summary = summary[summary["size"] >= min_cells]  # genes seen in few cells do not top the ranking
     summary = summary.sort_values("mean", ascending=False).head(n_genes)
     fdr = _fdr_by_gene(results)
@@ -88,12 +92,17 @@ def perturbation_shifts(
     names = []
     for gene in summary.index:
         significant = gene in fdr and fdr[gene] < alpha
-        names.append(f"{gene}{' *' if significant else ''} (n={int(summary.loc[gene, 'size'])})")
+        estimated = two_stage and summary.loc[gene, "confirmed"] < summary.loc[gene, "size"]
+        mark = (" *" if significant else "") + (" ≈" if estimated else "")
+        names.append(f"{gene}{mark} (n={int(summary.loc[gene, 'size'])})")
     ax.set_yticks(positions, names)
     ax.set_xlabel(f"{label}\nmean ± standard error over cells (n = cells)")
     ax.ticklabel_format(axis="x", useOffset=False)
     ax.axvline(0, color="black", linewidth=0.8)
-    ax.set_title(f"top {len(summary)} perturbations" + (f" (* FDR < {alpha})" if fdr else ""))
+    notes = [f"* FDR < {alpha}"] if fdr else []
+    if two_stage:
+        notes.append("≈ includes stage-1 estimates")
+    ax.set_title(f"top {len(summary)} perturbations" + (f" ({'; '.join(notes)})" if notes else ""))
     return finish(ax, "perturbation_shifts", show=show, save=save, ax_given=ax_given)
 
 

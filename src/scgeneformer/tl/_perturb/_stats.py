@@ -68,6 +68,10 @@ def perturbation_stats(
         - ``"aggregate_data"``: the per-cell values of each perturbation, one row per cell.
         - ``"aggregate_gene_shifts"``: per (perturbation, affected cell or gene), mean and standard deviation of the
           cosine and number of cells; the cell rows first, then by mean cosine (largest effects first).
+
+        On a two-stage screen (``perturb(..., screen="two_stage")``) the per-gene tables add ``n_confirmed``, the
+        cells in which the gene's value is exact (the others are stage-1 estimates), and ``aggregate_data`` the
+        ``confirmed`` column.
     key
         The ``key_added`` of :func:`~scgeneformer.tl.perturb`.
     null
@@ -141,11 +145,16 @@ def perturbation_stats(
             out = mixture_model(cell_rows, reference_quirks=reference_quirks)
     elif mode == "aggregate_data":
         columns = ["cell", "perturbed", "perturbed_id", "cosine"] + [c for c in cell_rows if c.startswith("shift_")]
+        columns += ["confirmed"] if "confirmed" in cell_rows else []  # two-stage screens: exact or estimate
         out = cell_rows[columns].reset_index(drop=True)
     elif results.store is None:
         out = aggregate_gene_shifts(results.results["cells"])
     else:
         out = aggregate_gene_shifts_store(results.store)
+    if cell_rows is not None and "confirmed" in cell_rows and "perturbed_token" in out:
+        # two-stage screens: in how many cells each gene's value is exact (the rest are stage-1 estimates)
+        confirmed = cell_rows.groupby(cell_rows["perturbed_token"].astype(str), observed=True)["confirmed"].sum()
+        out["n_confirmed"] = confirmed.reindex(out["perturbed_token"].astype(str)).fillna(0).to_numpy(np.int64)
     if mode != "aggregate_data" and min_cells > 1:
         if mode == "vs_null":
             counts = out["n_test"].to_numpy()
