@@ -140,3 +140,14 @@ def test_classify_genes_writes_back(vocab):
         np.testing.assert_array_equal(
             mdata.var.loc[rna.var_names, f"rna:{column}"].astype(str), rna.var[column].astype(str)
         )
+
+
+def test_a_model_set_up_on_a_mudata_says_to_pass_the_modality():
+    import mudata as md
+    from helpers import encoded_counts, make_vocabulary
+
+    import scgeneformer as sgf
+
+    mdata = md.MuData({"rna": encoded_counts(make_vocabulary("V1"), n_obs=6)})
+    with pytest.raises(TypeError, match=r"mdata\['rna'\]"):
+        sgf.GeneformerModel.setup_anndata(mdata)

@@ -163,6 +163,12 @@ class GeneformerModel(
         """
         # First, as scvi-tools requires: the arguments are read from locals() and saved with the model.
         setup_method_args = cls._get_setup_method_args(**locals())
+        if hasattr(adata, "mod"):  # a MuData: training reads one modality
+            msg = (
+                "GeneformerModel trains on an AnnData: pass the RNA modality, e.g. "
+                "`GeneformerModel.setup_anndata(mdata['rna'])` and `GeneformerModel(mdata['rna'], ...)`."
+            )
+            raise TypeError(msg)
         EncodingInfo(adata, encoding_key)  # raises if the data are not encoded
         keys = encoding_keys(encoding_key)
         fields = [
