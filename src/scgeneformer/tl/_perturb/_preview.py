@@ -173,9 +173,9 @@ def _calibrate(
     timings, flops = [], []
     begin = time.perf_counter()
     with inference(module, execution.device, execution) as running:
-        _engine.run_chunk(running, [(0, _subset(job, np.arange(sizes[0])))], engine)  # warm-up
+        _engine.run_chunk(running, [(0, _sample(job, sizes[0]))], engine)  # warm-up
         for size in sizes:
-            sample = _subset(job, np.arange(size))
+            sample = _sample(job, size)
             start = time.perf_counter()
             _engine.run_chunk(running, [(0, sample)], engine)
             timings.append(time.perf_counter() - start)
@@ -184,3 +184,11 @@ def _calibrate(
         return 0.0, timings[-1] / max(flops[-1], 1.0), time.perf_counter() - begin
     per_flop = max(timings[1] - timings[0], 0.0) / (flops[1] - flops[0])
     return max(timings[0] - per_flop * flops[0], 0.0), per_flop, time.perf_counter() - begin
+
+
+def _sample(job, size: int):
+    """The job's first ``size`` perturbations, run as the screen runs them (single-gene deletions share a layer)."""
+    sample = _subset(job, np.arange(size))
+    if job.deleted is not None:
+        sample.deleted = job.deleted[:size]
+    return sample
