@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 #: Exact anchor deletions per cell in stage 1, spread evenly over its ranks (the first gene's included; the original
 #: cell is a virtual anchor at the end). More anchors follow effects that vary along the ranks (measured in
 #: ``benchmarks/bench_screen.py``) at one forward pass each.
-N_ANCHORS = 16
+N_ANCHORS = 32
 
 
 @dataclass(frozen=True)
