@@ -10,7 +10,8 @@ cells left out) drawn with ``--seed``. Models:
 
 Each run times the exact screen, then for each ``--anchors`` value (exact anchor deletions per cell in stage 1):
 stage 1 alone (``n_confirm=0``, ``n_confirm_genes=0``: every value an estimate) and the two-stage screen for each
-``--confirm`` value (with ``--confirm-genes`` genes confirmed across cells); all through the public API, one CPU. Reported per setting:
+``--confirm`` value (with ``--confirm-genes`` genes confirmed across cells); all through the public API, one CPU.
+Reported per setting:
 
 - ``speed-up``: wall time of the exact screen / of the two-stage screen (stage 1 included);
 - ``recall per cell``: of each cell's exact top 20 deletions (largest ``1 - cosine``), the share among the screen's top
