@@ -186,9 +186,12 @@ def test_a_two_stage_store_resumes_to_the_uninterrupted_results(setup, tmp_path,
             assert stored[column].astype(str).tolist() == expected[column].astype(str).tolist(), column
         else:
             np.testing.assert_array_equal(stored[column].to_numpy(), expected[column].to_numpy(), err_msg=column)
-    summary = resumed["genes"]
-    assert summary["perturbed"].tolist() == uninterrupted["genes"]["perturbed"].tolist()
-    np.testing.assert_array_equal(summary["n_confirmed"], uninterrupted["genes"]["n_confirmed"])
+    # the same summary; near-ties of float32 means may order differently (store: float64 sums), so by gene
+    summary = resumed["genes"].set_index("perturbed")
+    expected_summary = uninterrupted["genes"].set_index("perturbed").loc[summary.index]
+    assert len(summary) == len(uninterrupted["genes"])
+    np.testing.assert_array_equal(summary["n_confirmed"], expected_summary["n_confirmed"])
+    np.testing.assert_allclose(summary["cosine_mean"], expected_summary["cosine_mean"], rtol=0, atol=1e-6)
 
 
 @pytest.mark.filterwarnings("ignore:Writing zarr v2 data:UserWarning")  # anndata's notice about its next default
