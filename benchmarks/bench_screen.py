@@ -54,35 +54,6 @@ TEST_CELLS = {"ACGACCCTTGACCA-1", "GGCATATGGGGAGT-1"}  # cells of tests and othe
 TOP = 20
 
 
-def pretrain(seconds: float, max_genes: int) -> None:
-    """Masked-gene pretraining of the small model on the pooled shared datasets (as ``eval_finetuning.py``)."""
-    import anndata as ad
-    from eval_annotation import DATASETS, encode, pooled_corpus
-    from eval_finetuning import small_config
-
-    import scgeneformer as sgf
-
-    encoded = {
-        name: encode(ad.read_h5ad(SHARED / "data" / "datasets" / f"{name}.h5ad"), DICTIONARIES, max_genes)
-        for name in DATASETS
-    }
-    config = small_config()
-    corpus = pooled_corpus(encoded, int(config["vocab_size"]))
-    torch.manual_seed(0)
-    model = sgf.GeneformerModel(corpus, bert_config=config, vocabulary="V1")
-    start = time.perf_counter()
-    model.train(
-        max_epochs=1000,  # stopped by max_time
-        train_size=0.95,
-        validation_size=0.05,
-        plan_kwargs={"lr": 1e-3, "schedule": "constant", "warmup_steps": 50},
-        max_time={"seconds": seconds},
-        execution={"accelerator": "cpu", "progress_bar": False},
-    )
-    print(f"pretrained the small model for {time.perf_counter() - start:.0f} s", flush=True)
-    model.save(PRETRAINED, overwrite=True)
-
-
 def load_model(name: str):
     import scgeneformer as sgf
 
@@ -183,7 +154,9 @@ def main() -> None:
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     if args.model == "small" and (args.repretrain or not (PRETRAINED / "model.json").is_file()):
-        pretrain(args.pretrain_seconds, args.pretrain_max_genes)
+        from eval_finetuning import pretrain  # masked-gene pretraining of the small model, as there
+
+        pretrain(args.pretrain_seconds, args.pretrain_max_genes, PRETRAINED, lr=1e-3, warmup_steps=50)
     model = load_model(args.model)
     adata, cells = load_cells(args.cells, args.seed)
     lengths = adata.obs.loc[cells, "geneformer_n_tokens"].to_numpy()

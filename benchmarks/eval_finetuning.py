@@ -71,8 +71,15 @@ def small_config() -> dict:
     return dict(v1, num_hidden_layers=4, hidden_size=128, num_attention_heads=4, intermediate_size=256)
 
 
-def pretrain(args) -> None:
-    """Pretrain the small base model on the pooled corpus and save it."""
+def pretrain(
+    seconds: float,
+    max_genes: int | None,
+    folder: Path = PRETRAINED,
+    *,
+    lr: float = 5e-4,
+    warmup_steps: int = 20,
+) -> None:
+    """Pretrain the small base model on the pooled corpus (cells cut to ``max_genes``) for ``seconds`` and save it."""
     import anndata as ad
 
     import scgeneformer as sgf
@@ -80,22 +87,22 @@ def pretrain(args) -> None:
     encoded = {}
     for name in DATASETS:
         adata = ad.read_h5ad(SHARED / "data" / "datasets" / f"{name}.h5ad")
-        encoded[name] = encode(adata, DICTIONARIES, args.max_genes)
+        encoded[name] = encode(adata, DICTIONARIES, max_genes)
     config = small_config()
     corpus = pooled_corpus(encoded, int(config["vocab_size"]))
     torch.manual_seed(0)
     model = sgf.GeneformerModel(corpus, bert_config=config, vocabulary="V1")
     start = time.perf_counter()
     model.train(
-        max_epochs=100,  # stopped by max_time
+        max_epochs=1000,  # stopped by max_time
         train_size=0.95,
         validation_size=0.05,
-        plan_kwargs={"lr": 5e-4, "schedule": "constant", "warmup_steps": 20},
-        max_time={"seconds": args.pretrain_seconds},
+        plan_kwargs={"lr": lr, "schedule": "constant", "warmup_steps": warmup_steps},
+        max_time={"seconds": seconds},
         execution={"accelerator": "cpu", "progress_bar": False},
     )
     print(f"pretrained the small model for {time.perf_counter() - start:.0f} s", flush=True)
-    model.save(PRETRAINED, overwrite=True)
+    model.save(folder, overwrite=True)
 
 
 def pbmc():
@@ -215,7 +222,7 @@ def main() -> None:
         return
     RESULTS.mkdir(parents=True, exist_ok=True)
     if ARGS.repretrain or not (PRETRAINED / "model.json").is_file():
-        pretrain(ARGS)
+        pretrain(ARGS.pretrain_seconds, ARGS.max_genes)
     results = {"args": vars(ARGS), "device": f"cpu ({torch.get_num_threads()} threads)"}
 
     # PBMC 3k cell types -----------------------------------------------------------------------------------------

@@ -7,10 +7,10 @@ Heavy dependencies (anndata, torch, scvi-tools) are imported on first use, so im
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
 
 from ._settings import settings
+from ._utils._lazy import lazy_exports
 from ._version import __version__ as __version__
 
 if TYPE_CHECKING:
@@ -43,35 +43,21 @@ __all__ = [
 ]
 
 _LAZY = {
-    "pp": (".pp", None),
-    "datasets": (".datasets", None),
-    "model": (".model", None),
-    "tl": (".tl", None),
-    "pl": (".pl", None),
-    "DownloadError": ("._hub._download", "DownloadError"),
-    "seed_cache": ("._hub._download", "seed_cache"),
-    "EncodingInfo": ("._data._encoding", "EncodingInfo"),
-    "Corpus": ("._data._corpus", "Corpus"),
-    "read_corpus": ("._data._corpus", "read_corpus"),
-    "Execution": ("._compute._execution", "Execution"),
-    "GeneformerModel": (".model", "GeneformerModel"),
-    "InferenceModel": (".model", "InferenceModel"),
-    "list_models": ("._hub._checkpoints", "list_models"),
-    "Vocabulary": (".vocabulary", "Vocabulary"),
-    "get_vocabulary": (".vocabulary", "get_vocabulary"),
+    "pp": ".pp",
+    "datasets": ".datasets",
+    "model": ".model",
+    "tl": ".tl",
+    "pl": ".pl",
+    "DownloadError": "._hub._download",
+    "seed_cache": "._hub._download",
+    "EncodingInfo": "._data._encoding",
+    "Corpus": "._data._corpus",
+    "read_corpus": "._data._corpus",
+    "Execution": "._compute._execution",
+    "GeneformerModel": ".model",
+    "InferenceModel": ".model",
+    "list_models": "._hub._checkpoints",
+    "Vocabulary": ".vocabulary",
+    "get_vocabulary": ".vocabulary",
 }
-
-
-def __getattr__(name: str):
-    if name not in _LAZY:
-        msg = f"module 'scgeneformer' has no attribute {name!r}"
-        raise AttributeError(msg)
-    module_name, attribute = _LAZY[name]
-    module = importlib.import_module(module_name, __name__)
-    value = module if attribute is None else getattr(module, attribute)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(globals(), _LAZY)

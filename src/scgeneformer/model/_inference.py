@@ -64,6 +64,22 @@ class InferenceMixin:
     scvi-tools, so that inference runs without importing it.
     """
 
+    def _set_facts(
+        self,
+        classes: list[str] | dict[str, list[str]] | None,
+        gene_classes: list[str] | None,
+        vocabulary: str,
+        checkpoint: str | None,
+    ) -> None:
+        """Record what the network's heads predict, its vocabulary and where its weights came from."""
+        if isinstance(classes, dict):
+            self.classes = {task: list(names) for task, names in classes.items()}
+        else:
+            self.classes = None if classes is None else list(classes)
+        self.gene_classes = None if gene_classes is None else list(gene_classes)
+        self.vocabulary_version = vocabulary
+        self.checkpoint = checkpoint
+
     def _setup_encoding_key(self) -> str | None:
         """The encoding key registered with the model's data (``None``: none registered)."""
         return None

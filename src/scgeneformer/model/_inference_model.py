@@ -81,13 +81,7 @@ class InferenceModel(InferenceMixin):
         if lora is not None:  # a saved model with adapters: its weights hold theirs
             self.lora_settings = LoraSettings(**lora)
             inject_adapters(self.module.mlm.bert, self.lora_settings)
-        if isinstance(classes, dict):
-            self.classes = {task: list(names) for task, names in classes.items()}
-        else:
-            self.classes = None if classes is None else list(classes)
-        self.gene_classes = None if gene_classes is None else list(gene_classes)
-        self.vocabulary_version = vocabulary
-        self.checkpoint = checkpoint
+        self._set_facts(classes, gene_classes, vocabulary, checkpoint)
 
     @classmethod
     def from_pretrained(

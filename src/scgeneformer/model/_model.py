@@ -118,14 +118,8 @@ class GeneformerModel(
         self.lora_settings = None
         if lora is not None:
             self._inject_lora(LoraSettings(**lora))
-        if isinstance(classes, dict):
-            self.classes = {task: list(names) for task, names in classes.items()}
-        else:
-            self.classes = None if classes is None else list(classes)
-        self.gene_classes = None if gene_classes is None else list(gene_classes)
-        self.vocabulary_version = vocabulary
+        self._set_facts(classes, gene_classes, vocabulary, checkpoint)
         self.corpus = corpus
-        self.checkpoint = checkpoint
         self.is_trained_ = checkpoint is not None
         self.init_params_ = self._get_init_params(locals())
 

@@ -20,8 +20,9 @@ Modules, one job each:
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from ..._utils._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from ._orchestration import perturb
@@ -50,14 +51,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
-    if name not in _LAZY:
-        msg = f"module {__name__!r} has no attribute {name!r}"
-        raise AttributeError(msg)
-    value = getattr(importlib.import_module(_LAZY[name], __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(globals(), _LAZY)

@@ -29,12 +29,11 @@ import torch
 
 from ..._compute._batching import pad_sequences, plan_batches
 from ._engine import ChunkResult
-from ._jobs import iter_jobs
+from ._jobs import CellJob, gene_positions, iter_sequences
 
 if TYPE_CHECKING:
     from ..._data._encoding import EncodingInfo
     from ._engine import EngineSpec
-    from ._jobs import CellJob
     from ._spec import PerturbationSpec
 
 #: Tokens of the sequences (originals and anchors) whose hidden states are held at once: bounds stage 1's memory.
@@ -84,7 +83,13 @@ class EstimateRunner:
 
     def run(self, module: torch.nn.Module, part: np.ndarray, progress=None) -> tuple[ChunkResult, dict]:
         """Estimated cosines (float64) and state shifts of every deletion of the part's cells, and their labels."""
-        jobs = list(zip(part.tolist(), iter_jobs(self.info, self.selected[part], self.spec, self.max_len), strict=True))
+        # what stage 1 needs of each cell: its tokens and the positions of its genes (no deleted copies)
+        special = self.info.has_special_tokens
+        jobs = []
+        for j, (cell, ids) in zip(part.tolist(), iter_sequences(self.info, self.selected[part]), strict=True):
+            job = CellJob(cell, ids, deleted=gene_positions(len(ids), special).tolist())
+            job.labels = [(int(ids[p]),) for p in job.deleted]
+            jobs.append((j, job))
         labels = {j: job.labels for j, job in jobs}
         device = next(module.parameters()).device
         pieces = []

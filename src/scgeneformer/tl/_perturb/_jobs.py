@@ -38,12 +38,35 @@ class CellJob:
         self.labels.append(label)
 
 
-def iter_jobs(info: EncodingInfo, selected: np.ndarray, spec: PerturbationSpec, max_len: int) -> Iterator[CellJob]:
-    """The job of each selected cell, in order; token sequences are read ``SEQUENCE_BLOCK`` cells at a time."""
+def iter_sequences(info: EncodingInfo, selected: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+    """Each selected cell and its token ids, in order; read ``SEQUENCE_BLOCK`` cells at a time."""
     for start in range(0, len(selected), SEQUENCE_BLOCK):
         block = selected[start : start + SEQUENCE_BLOCK]
         for cell, ids in zip(block, info.sequences(block), strict=True):
-            yield cell_job(int(cell), ids.astype(np.int64), spec, max_len, info.has_special_tokens, info.mask_id)
+            yield int(cell), ids.astype(np.int64)
+
+
+def iter_jobs(info: EncodingInfo, selected: np.ndarray, spec: PerturbationSpec, max_len: int) -> Iterator[CellJob]:
+    """The job of each selected cell, in order."""
+    for cell, ids in iter_sequences(info, selected):
+        yield cell_job(cell, ids, spec, max_len, info.has_special_tokens, info.mask_id)
+
+
+def gene_positions(length: int, special: bool) -> np.ndarray:
+    """Positions of the gene tokens of a sequence of ``length`` tokens."""
+    return np.arange(length)[gene_slice(length, special)]
+
+
+def deletions_job(cell: int, ids: np.ndarray, positions: np.ndarray, special: bool) -> CellJob:
+    """The single-gene deletions of the genes at ``positions`` only, run as plain forward passes.
+
+    ``deleted`` stays ``None``: the shared first layer pays off for a cell's contiguous deletions, but its windows
+    span the whole cell for a few scattered ones, which then cost more than plain passes (measured).
+    """
+    job = CellJob(cell, ids)
+    for position in positions:
+        job.add(*delete(ids, [int(position)], special), (int(ids[position]),))
+    return job
 
 
 def cell_job(

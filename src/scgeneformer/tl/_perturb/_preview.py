@@ -15,8 +15,7 @@ import numpy as np
 
 from ..._compute._engine import inference
 from . import _engine
-from ._jobs import cell_job
-from ._two_stage import _subset
+from ._jobs import CellJob, cell_job
 
 if TYPE_CHECKING:
     import torch
@@ -167,7 +166,7 @@ def _calibrate(
     lengths = info.lengths[selected]
     cell = int(selected[np.argsort(lengths, kind="stable")[len(lengths) // 2]])
     ids = info.sequences(np.array([cell]))[0].astype(np.int64)
-    job = cell_job(cell, ids, spec, max_len, info.has_special_tokens)
+    job = cell_job(cell, ids, spec, max_len, info.has_special_tokens, info.mask_id)
     n = len(job.perturbed)
     sizes = sorted({min(CALIBRATION_SEQUENCES // 4, n), min(CALIBRATION_SEQUENCES, n)})
     timings, flops = [], []
@@ -186,9 +185,9 @@ def _calibrate(
     return max(timings[0] - per_flop * flops[0], 0.0), per_flop, time.perf_counter() - begin
 
 
-def _sample(job, size: int):
+def _sample(job: CellJob, size: int) -> CellJob:
     """The job's first ``size`` perturbations, run as the screen runs them (single-gene deletions share a layer)."""
-    sample = _subset(job, np.arange(size))
-    if job.deleted is not None:
-        sample.deleted = job.deleted[:size]
+    sample = CellJob(job.cell, job.original, deleted=None if job.deleted is None else job.deleted[:size])
+    for k in range(size):
+        sample.add(job.perturbed[k], job.sources[k], job.labels[k])
     return sample

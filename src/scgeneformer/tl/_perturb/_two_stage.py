@@ -20,7 +20,7 @@ import numpy as np
 from ._distributed import run_distributed
 from ._engine import ChunkResult, run_chunk
 from ._estimate import EstimateRunner
-from ._jobs import CellJob, iter_jobs
+from ._jobs import deletions_job, gene_positions, iter_sequences
 from ._running import run_here
 
 if TYPE_CHECKING:
@@ -175,16 +175,6 @@ def choose_candidates(
     return {job: np.array(sorted(ks), dtype=np.int64) for job, ks in chosen.items()}
 
 
-def _subset(job: CellJob, ks: np.ndarray) -> CellJob:
-    """The job with only the perturbations ``ks``, run as plain forward passes."""
-    sub = CellJob(job.cell, job.original)
-    for k in ks:
-        sub.add(job.perturbed[k], job.sources[k], job.labels[k])
-    # ``deleted`` stays None: the shared first layer pays off for a cell's contiguous deletions, but its windows
-    # span the whole cell for a few scattered ones, which then cost more than plain forward passes (measured).
-    return sub
-
-
 class ConfirmRunner:
     """Stage 2 of one part: the candidates run exactly; every other perturbation keeps its stage-1 estimate."""
 
@@ -199,11 +189,15 @@ class ConfirmRunner:
     def run(self, module: torch.nn.Module, part: np.ndarray, progress=None) -> tuple[ChunkResult, dict]:
         """The part's results (``confirmed`` marks exact rows) and the perturbed tokens of each of its jobs."""
         r = self.runner
-        jobs = list(zip(part.tolist(), iter_jobs(r.info, r.selected[part], r.spec, r.max_len), strict=True))
-        labels = {j: job.labels for j, job in jobs}
-        subsets = [(j, _subset(job, self.candidates[j])) for j, job in jobs if len(self.candidates[j])]
+        special = r.info.has_special_tokens
+        labels, subsets = {}, []
+        for j, (cell, ids) in zip(part.tolist(), iter_sequences(r.info, r.selected[part]), strict=True):
+            genes = gene_positions(len(ids), special)
+            labels[j] = [(int(ids[p]),) for p in genes]
+            if len(self.candidates[j]):  # only the candidates' deleted copies are built
+                subsets.append((j, deletions_job(cell, ids, genes[self.candidates[j]], special)))
         exact = run_chunk(module, subsets, r.engine, progress) if subsets else None
-        return self._merge([j for j, _ in jobs], exact), labels
+        return self._merge(list(labels), exact), labels
 
     def _merge(self, job_indices: list[int], exact: ChunkResult | None) -> ChunkResult:
         """Estimates of every perturbation of the jobs, replaced by the exact values of the confirmed ones."""
