@@ -1,4 +1,4 @@
-"""Two-stage deletion screens (issue 21): stage-1 estimates, exact confirmations, stores, goal states, refusals."""
+"""Two-stage screens (issue 21): stage-1 estimates, exact confirmations, stores, goal states, refusals."""
 
 from __future__ import annotations
 
@@ -7,12 +7,17 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from helpers import encoded_counts, tiny_model
+from helpers import N_FAKE_GENES, encoded_counts, fake_gene_id, tiny_model
 
 import scgeneformer as sgf
 from scgeneformer.tl._perturb import _engine, _planning
 from scgeneformer.tl._perturb._engine import EngineSpec
-from scgeneformer.tl._perturb._estimate import anchor_positions, estimate_deletions
+from scgeneformer.tl._perturb._estimate import (
+    anchor_positions,
+    estimate_deletions,
+    estimate_overexpressions,
+    overexpression_anchors,
+)
 from scgeneformer.tl._perturb._two_stage import TwoStageScreen, choose_candidates
 
 QUIET = {"accelerator": "cpu", "progress_bar": False}
@@ -218,7 +223,8 @@ def test_two_stage_results_survive_files_and_feed_stats_and_plots(setup, tmp_pat
     ("kwargs", "match"),
     [
         ({"screen": "fast"}, "screen must be"),
-        ({"screen": "two_stage", "perturbation": "overexpress"}, "single-gene deletions"),
+        ({"screen": "two_stage", "perturbation": "mask"}, "single-gene deletions"),
+        ({"screen": "two_stage", "perturbation": "overexpress", "reference_quirks": True}, "reference_quirks"),
         ({"screen": "two_stage", "anchor_gene": "GENE3"}, "anchor"),
         ({"screen": "two_stage", "n_confirm": -1}, "n_confirm"),
     ],
@@ -246,3 +252,127 @@ def test_plots_mark_genes_whose_mean_includes_estimates(setup):
     summary = adata.uns["geneformer_perturb"]["genes"]
     expected = dict(zip(summary["perturbed_token"].astype(str), summary["n_confirmed"], strict=True))
     assert stats["n_confirmed"].tolist() == [expected[t] for t in stats["perturbed_token"].astype(str)]
+
+
+GOAL = {"state_key": "state", "start_state": "a", "goal_state": "b"}
+
+
+def listed_genes(adata, n=30):
+    """``n`` genes of the data, and one of the vocabulary the data lacks (overexpression inserts it)."""
+    return [*adata.var_names[:n].tolist(), fake_gene_id(N_FAKE_GENES)]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"perturbation": "overexpress"},
+        {"perturbation": "overexpress", "cell_cosine": "gene_mean"},
+        {"perturbation": "overexpress", "states": GOAL},
+        {"genes": "listed", "combine": "separately"},
+        {"genes": "listed", "combine": "separately", "perturbation": "overexpress", "states": GOAL},
+    ],
+)
+def test_overexpression_and_gene_list_screens_confirm_the_exact_values(setup, options):
+    adata, model, vocab = setup
+    options = dict(options)
+    genes = listed_genes(adata) if options.pop("genes", "all") == "listed" else "all"
+    base = {"vocabulary": vocab, "inplace": False, "execution": QUIET, "max_cells": 6} | options
+    exact = sgf.tl.perturb(adata, model, genes, **base)
+    result = sgf.tl.perturb(adata, model, genes, screen="two_stage", n_confirm=3, n_confirm_genes=2, **base)
+    got, expected = cell_rows(result), cell_rows(exact)
+    for column in ("cell", "perturbed", "perturbed_token"):
+        assert got[column].astype(str).tolist() == expected[column].astype(str).tolist()
+    confirmed = got["confirmed"].to_numpy()
+    assert 0 < confirmed.sum() < len(confirmed)
+    for column in ["cosine", *[c for c in got if c.startswith("shift_")]]:
+        np.testing.assert_allclose(got.loc[confirmed, column], expected.loc[confirmed, column], rtol=0, atol=3e-7)
+    assert np.isfinite(got["cosine"]).all()
+    if genes != "all" and options.get("perturbation") == "overexpress":
+        # a gene no cell holds is inserted: stage 1 cannot estimate it, so it runs exactly in every cell
+        inserted = got["perturbed_token"].astype(str) == str(vocab.token_dictionary[genes[-1]])
+        assert inserted.sum() == got["cell"].nunique() and confirmed[inserted.to_numpy()].all()
+    everything = sgf.tl.perturb(adata, model, genes, screen="two_stage", n_confirm=10_000, **base)
+    assert everything["cells"]["confirmed"].all()
+    pd.testing.assert_frame_equal(
+        everything["cells"].drop(columns="confirmed"), exact["cells"], check_categorical=False
+    )
+
+
+def test_overexpression_estimates_follow_the_exact_values(setup):
+    adata, model, vocab = setup
+    options = {"perturbation": "overexpress", "pooling": "mean"}
+    estimates = cell_rows(screen(adata, model, vocab, screen="two_stage", n_confirm=0, n_confirm_genes=0, **options))
+    again = cell_rows(screen(adata, model, vocab, screen="two_stage", n_confirm=0, n_confirm_genes=0, **options))
+    np.testing.assert_array_equal(estimates["cosine"].to_numpy(), again["cosine"].to_numpy())
+    exact = cell_rows(screen(adata, model, vocab, **options))
+    shift, estimate = 1 - exact["cosine"].to_numpy(np.float64), 1 - estimates["cosine"].to_numpy(np.float64)
+    assert np.corrcoef(shift, estimate)[0, 1] > 0.8
+
+
+def naive_overexpression(original, anchors, anchor_hidden, i, special, pooling, gene_mean=False):
+    """The estimated pooled embedding (or mean gene cosine) of moving position ``i`` to the top, row by row."""
+    n = original.shape[0]
+    first, end = (1, n - 1) if special else (0, n)
+    bounds = [first, *anchors.tolist()]
+    hidden = [original, *anchor_hidden]
+    k = max(j for j in range(len(bounds) - 1) if bounds[j] < i)
+    a, b = bounds[k], bounds[k + 1]
+    left, right = hidden[k], hidden[k + 1]
+    w = (i - a) / (b - a)
+    rows = []
+    for p in range(n):
+        if p == first:  # the moved gene: its own row plus the anchors' mean change at the top
+            lift = torch.stack([h[first] - original[int(c)] for h, c in zip(anchor_hidden, anchors, strict=True)])
+            rows.append(original[i] + lift.mean(0))
+        elif a < p <= i:
+            rows.append(right[p])
+        elif i < p <= b:
+            rows.append(left[p])
+        else:
+            rows.append((1 - w) * left[p] + w * right[p])
+    rows = torch.stack(rows)
+    if gene_mean:  # each gene's cosine to its original row (mixed like the rows); the moved gene is not compared
+        cos = torch.nn.functional.cosine_similarity
+        cosines = []
+        for p in range(first + 1, end):
+            source = p - 1 if p <= i else p
+            if a < p <= b:
+                cosines.append(cos(rows[p], original[source], dim=0))
+            else:
+                left_cos = cos(left[p], original[p - 1 if p <= a else p], dim=0)
+                right_cos = cos(right[p], original[p - 1 if p <= b else p], dim=0)
+                cosines.append((1 - w) * left_cos + w * right_cos)
+        return torch.stack(cosines).mean()
+    return rows[0] if pooling == "cls" else rows[first:end].mean(0)
+
+
+@pytest.mark.parametrize("special", [False, True])
+@pytest.mark.parametrize("mode", ["mean", "cls", "gene_mean"])
+def test_overexpression_prefix_sums_equal_the_row_by_row_estimate(special, mode):
+    generator = torch.Generator().manual_seed(1)
+    n, d = 17, 5
+    original = torch.randn(n, d, generator=generator, dtype=torch.float64)
+    first, end = (1, n - 1) if special else (0, n)
+    anchors = overexpression_anchors(first, end, 3)
+    assert anchors[-1] == end - 1 and len(anchors) == 3 and anchors[0] > first
+    anchor_hidden = [torch.randn(n, d, generator=generator, dtype=torch.float64) for _ in anchors]
+    moved = np.arange(first + 1, end)
+    states = torch.randn(2, d, generator=generator)
+    pooling = "cls" if mode == "cls" else "mean"
+    engine = EngineSpec(1, pooling, "gene_mean" if mode == "gene_mean" else "pooled", states, False, 1000)
+    cosine, shifts = estimate_overexpressions(original, anchors, anchor_hidden, moved, engine, special)
+    pooled = original[0] if pooling == "cls" else original[first:end].mean(0)
+    cos = torch.nn.functional.cosine_similarity
+    for row, i in enumerate(moved):
+        if mode == "gene_mean":
+            expected_cos = float(naive_overexpression(original, anchors, anchor_hidden, int(i), special, pooling, True))
+        estimate = naive_overexpression(original, anchors, anchor_hidden, int(i), special, pooling)
+        if mode != "gene_mean":
+            expected_cos = float(cos(estimate, pooled, dim=0))
+        assert cosine[row] == pytest.approx(expected_cos, abs=1e-12)
+        expected = cos(estimate[None], states.double(), dim=-1) - cos(pooled[None], states.double(), dim=-1)
+        np.testing.assert_allclose(shifts[row], expected.numpy(), atol=1e-12)
+    # an anchor's estimate is its exact move, but for the moved gene's own row (the anchors' mean change at the top)
+    if mode == "cls" and special:
+        exact = anchor_hidden[1][0]
+        assert cosine[anchors[1] - first - 1] == pytest.approx(float(cos(exact, pooled, dim=0)), abs=1e-12)

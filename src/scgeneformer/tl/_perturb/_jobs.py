@@ -57,15 +57,58 @@ def gene_positions(length: int, special: bool) -> np.ndarray:
     return np.arange(length)[gene_slice(length, special)]
 
 
-def deletions_job(cell: int, ids: np.ndarray, positions: np.ndarray, special: bool) -> CellJob:
-    """The single-gene deletions of the genes at ``positions`` only, run as plain forward passes.
+@dataclass
+class ScreenTargets:
+    """What a two-stage screen perturbs in one cell, one entry per perturbation (the exact screen's order).
 
-    ``deleted`` stays ``None``: the shared first layer pays off for a cell's contiguous deletions, but its windows
-    span the whole cell for a few scattered ones, which then cost more than plain passes (measured).
+    ``original``: the sequence every perturbation is compared with; ``positions``: each perturbed gene's position in
+    it (``-1``: a listed gene the cell lacks, inserted by overexpression); ``labels``: the perturbed token of each.
     """
+
+    original: np.ndarray
+    positions: np.ndarray
+    labels: list[tuple[int, ...]]
+
+
+def screen_targets(ids: np.ndarray, spec: PerturbationSpec, max_len: int, special: bool) -> ScreenTargets:
+    """The single-gene perturbations of a two-stage screen of a cell with token ids ``ids``, in ``cell_job``'s order.
+
+    Builds no perturbed sequence: stage 1 estimates them, stage 2 builds only its candidates (``targets_job``).
+    """
+    if spec.separately:
+        original = separate_original(ids, spec, max_len, special)
+        hits = [np.flatnonzero(original == t) for t in spec.tokens]
+        if spec.perturbation == "overexpress":  # every listed gene: the absent ones are inserted
+            listed = [(int(t), int(h[0]) if len(h) else -1) for t, h in zip(spec.tokens, hits, strict=True)]
+        else:
+            listed = [(int(t), int(h[0])) for t, h in zip(spec.tokens, hits, strict=True) if len(h)]
+        positions = np.array([p for _, p in listed], dtype=np.int64)
+        return ScreenTargets(original, positions, [(t,) for t, _ in listed])
+    positions = gene_positions(len(ids), special)
+    if spec.perturbation == "overexpress":
+        positions = positions[1:]  # the top-ranked gene is already at the top
+    return ScreenTargets(ids, positions, [(int(ids[p]),) for p in positions])
+
+
+def targets_job(
+    cell: int, targets: ScreenTargets, ks: np.ndarray, spec: PerturbationSpec, max_len: int, special: bool
+) -> CellJob:
+    """The perturbations ``ks`` (indices into ``targets``) of a cell, exactly as ``cell_job`` builds them.
+
+    They run as plain forward passes (``deleted`` stays ``None``): the shared first layer pays off for a cell's
+    contiguous deletions, but its windows span the whole cell for a few scattered ones, which then cost more (measured).
+    """
+    ids = targets.original
     job = CellJob(cell, ids)
-    for position in positions:
-        job.add(*delete(ids, [int(position)], special), (int(ids[position]),))
+    for k in ks:
+        position, label = int(targets.positions[k]), targets.labels[k]
+        if spec.perturbation == "delete":
+            job.add(*delete(ids, [position], special), label)
+        elif not spec.separately:
+            job.add(*move_to_front(ids, [position], special), label)
+        else:  # moved, or inserted when the cell lacks it (the original already left room for one gene)
+            _, perturbed, sources = overexpress_set(ids, label, max_len, special, reference_quirks=False)
+            job.add(perturbed, sources, label)
     return job
 
 
@@ -135,11 +178,21 @@ def _separate_job(cell: int, ids: np.ndarray, spec: PerturbationSpec, max_len: i
             if len(hits):
                 job.add(*edit([int(hits[0])]), (int(token),))
         return job
-    absent = any(not (ids == t).any() for t in spec.tokens)
-    base = truncate(ids, overflow(len(ids), 0, 1, max_len, reference_quirks=False) if absent else 0, special)
+    base = separate_original(ids, spec, max_len, special)
     job = CellJob(cell, base)
     for token in spec.tokens:
         # base leaves room for one inserted gene: the original overexpress_set returns is base itself
         _, perturbed, sources = overexpress_set(base, (int(token),), max_len, special, reference_quirks=False)
         job.add(perturbed, sources, (int(token),))
     return job
+
+
+def separate_original(ids: np.ndarray, spec: PerturbationSpec, max_len: int, special: bool) -> np.ndarray:
+    """The original of ``combine="separately"``: the cell, less its last gene when overexpression must insert one.
+
+    Inserting a listed gene the cell lacks into a cell at the input size pushes its last gene out; the original is
+    shared by all the cell's perturbations (it runs once), so it leaves room for one inserted gene.
+    """
+    if spec.perturbation != "overexpress" or all((ids == t).any() for t in spec.tokens):
+        return ids
+    return truncate(ids, overflow(len(ids), 0, 1, max_len, reference_quirks=False), special)

@@ -129,16 +129,18 @@ def perturb(
         embeddings (rows with ``affected`` = the gene). Tables get large: about (genes per cell)² rows per cell
         with ``genes="all"``.
     screen
-        ``"exact"`` (default): every perturbation runs through the model. ``"two_stage"`` (deletion of every gene,
-        ``genes="all"``): stage 1 *estimates* every deletion of a cell from a few forward passes (the original and
-        32 exact deletions at evenly spaced ranks, see :ref:`two-stage screens <two-stage-screens>`), stage 2 runs
-        exactly the ``n_confirm`` strongest deletions of each cell and, in every cell holding them, the
-        ``n_confirm_genes`` genes with the strongest mean estimate. The table then has a boolean ``confirmed``
+        ``"exact"`` (default): every perturbation runs through the model. ``"two_stage"`` (single-gene deletion or
+        overexpression of every gene, ``genes="all"``, or of a long list with ``combine="separately"``): stage 1
+        *estimates* every perturbation of a cell from a few forward passes (the original and 32 exact perturbations
+        at evenly spaced ranks, see :ref:`two-stage screens <two-stage-screens>`), stage 2 runs exactly the
+        ``n_confirm`` strongest of each cell (and every listed gene the cell lacks, which overexpression inserts)
+        and, in every cell holding them, the ``n_confirm_genes`` genes with the strongest mean estimate. The table
+        then has a boolean ``confirmed``
         column: exact values where true, stage-1 estimates (approximate) elsewhere; the ``genes`` summary gains
         ``n_confirmed``. Several times faster for long cells; its speed and its recall of the exact screen's top
         genes are measured in the perturbation guide (not every top gene of a cell is found).
     n_confirm
-        Two-stage screens: deletions confirmed exactly per cell (its strongest by estimate).
+        Two-stage screens: perturbations confirmed exactly per cell (its strongest by estimate).
     n_confirm_genes
         Two-stage screens: genes confirmed exactly in all their cells (the strongest mean estimates).
     states

@@ -1,7 +1,9 @@
-"""The two-stage deletion screen: estimate every deletion (``_estimate``), then run the strongest ones exactly.
+"""The two-stage screen: estimate every single-gene perturbation (``_estimate``), then run the strongest exactly.
 
-Stage 1 estimates every single-gene deletion of every cell from ``1 + N_ANCHORS`` forward passes per cell. The
-candidates are then chosen from all cells' estimates: per cell, the ``n_confirm`` strongest deletions; across cells,
+Stage 1 estimates every single-gene deletion (or move to the top) of every cell, of every gene or of a gene list
+perturbed separately, from ``1 + N_ANCHORS`` forward passes per cell. The candidates are then chosen from all cells'
+estimates: per cell, the ``n_confirm`` strongest perturbations (and every listed gene the cell lacks, which
+overexpression inserts and stage 1 cannot estimate); across cells,
 the ``n_confirm_genes`` genes with the strongest mean estimate, in every cell that holds them (so that the per-gene
 summary's top genes are exact in all their cells). Stage 2 runs the candidates through the exact engine, part by part
 like an exact screen (several processes, stores and resume included); each part's table holds every perturbation,
@@ -20,7 +22,7 @@ import numpy as np
 from ._distributed import run_distributed
 from ._engine import ChunkResult, run_chunk
 from ._estimate import EstimateRunner
-from ._jobs import deletions_job, gene_positions, iter_sequences
+from ._jobs import iter_sequences, screen_targets, targets_job
 from ._running import run_here
 
 if TYPE_CHECKING:
@@ -31,7 +33,7 @@ if TYPE_CHECKING:
     from ._running import PartRunner
     from ._spec import PerturbationSpec
 
-#: Exact anchor deletions per cell in stage 1, spread evenly over its ranks (the first gene's included; the original
+#: Exact anchor perturbations per cell in stage 1, spread evenly over its ranks (the first gene's included; the original
 #: cell is a virtual anchor at the end). More anchors follow effects that vary along the ranks (measured in
 #: ``benchmarks/bench_screen.py``) at one forward pass each.
 N_ANCHORS = 32
@@ -44,11 +46,11 @@ class TwoStageScreen:
     Parameters
     ----------
     n_confirm
-        Deletions confirmed exactly per cell: its strongest by the stage-1 estimate.
+        Perturbations confirmed exactly per cell: its strongest by the stage-1 estimate.
     n_confirm_genes
         Genes confirmed exactly in every cell that holds them: those with the strongest mean estimate over cells.
     n_anchors
-        Exact anchor deletions per cell in stage 1.
+        Exact anchor perturbations per cell in stage 1.
     """
 
     n_confirm: int = 60
@@ -68,12 +70,20 @@ class TwoStageScreen:
     @staticmethod
     def check(spec: PerturbationSpec) -> None:
         """Refuse what the two-stage screen does not estimate, before any work."""
-        if spec.perturbation != "delete" or not spec.all_genes or spec.anchor is not None:
+        problems = []
+        if spec.perturbation not in ("delete", "overexpress"):
+            problems.append(f"perturbation={spec.perturbation!r}")
+        if not spec.all_genes and not spec.separately:
+            problems.append("a gene list perturbed together (combine='together')")
+        if spec.anchor is not None:
+            problems.append("an anchor_gene")
+        if spec.reference_quirks:
+            problems.append("reference_quirks=True")
+        if problems:
             msg = (
-                "screen='two_stage' estimates single-gene deletions: use it with genes='all', "
-                f"perturbation='delete' and no anchor_gene (got perturbation={spec.perturbation!r}"
-                f"{', a gene list' if not spec.all_genes else ''}{', an anchor gene' if spec.anchor else ''}); "
-                "use screen='exact' otherwise."
+                "screen='two_stage' estimates single-gene deletions and overexpressions of every gene "
+                "(genes='all') or of a gene list perturbed one gene at a time (combine='separately'), without "
+                f"anchor_gene or reference_quirks; got {', '.join(problems)}. Use screen='exact' for this run."
             )
             raise ValueError(msg)
 
@@ -155,14 +165,21 @@ def choose_candidates(
     *,
     goal_column: int | None,
 ) -> dict[int, np.ndarray]:
-    """Per job, the perturbations (sorted indices) to confirm exactly; deterministic (ties: lower index or token)."""
+    """Per job, the perturbations (sorted indices) to confirm exactly; deterministic (ties: lower index or token).
+
+    Perturbations without an estimate (NaN: genes a cell lacks, inserted by overexpression) are always confirmed.
+    """
     chosen: dict[int, set[int]] = {}
     totals: dict[int, list[float]] = {}
     for job in sorted(estimates):
         cosine, shifts = estimates[job]
         score = strength(cosine, shifts, goal_column)
-        chosen[job] = set(np.argsort(-score, kind="stable")[: screen.n_confirm].tolist())
+        unknown = np.isnan(score)
+        ranked = np.flatnonzero(~unknown)[np.argsort(-score[~unknown], kind="stable")]
+        chosen[job] = set(ranked[: screen.n_confirm].tolist()) | set(np.flatnonzero(unknown).tolist())
         for k, token in enumerate(label[0] for label in labels[job]):
+            if unknown[k]:
+                continue
             total = totals.setdefault(int(token), [0.0, 0])
             total[0] += float(score[k])
             total[1] += 1
@@ -192,10 +209,10 @@ class ConfirmRunner:
         special = r.info.has_special_tokens
         labels, subsets = {}, []
         for j, (cell, ids) in zip(part.tolist(), iter_sequences(r.info, r.selected[part]), strict=True):
-            genes = gene_positions(len(ids), special)
-            labels[j] = [(int(ids[p]),) for p in genes]
-            if len(self.candidates[j]):  # only the candidates' deleted copies are built
-                subsets.append((j, deletions_job(cell, ids, genes[self.candidates[j]], special)))
+            targets = screen_targets(ids, r.spec, r.max_len, special)
+            labels[j] = targets.labels
+            if len(self.candidates[j]):  # only the candidates' perturbed copies are built
+                subsets.append((j, targets_job(cell, targets, self.candidates[j], r.spec, r.max_len, special)))
         exact = run_chunk(module, subsets, r.engine, progress) if subsets else None
         return self._merge(list(labels), exact), labels
 
