@@ -39,6 +39,11 @@ def test_perturb_options_of_the_command_line(tmp_path, capsys):
     result = ad.read_h5ad(out).uns["geneformer_perturb"]
     assert result["params"]["screen"]["n_confirm"] == 2
     assert 0 < result["cells"]["confirmed"].sum() < len(result["cells"])
+    # overexpression of every gene, two-stage
+    assert run([*args, "--n-confirm-genes", "0", "--perturbation", "overexpress", "--no-progress"]) == 0
+    result = ad.read_h5ad(out).uns["geneformer_perturb"]
+    assert result["params"]["perturbation"] == "overexpress"
+    assert 0 < result["cells"]["confirmed"].sum() < len(result["cells"])
 
     genes = ["-g", "GENE3", "-g", "GENE5"]
     args = ["perturb", str(path), "-o", str(out), *common, *genes, "--combine", "separately", "--perturbation", "mask"]

@@ -409,7 +409,7 @@ def perturb(
         str | None, typer.Option(help="With all genes: also perturb this gene alone and with each other gene.")
     ] = None,
     screen: Annotated[
-        str, typer.Option(help="exact, or two_stage: estimate every single-gene perturbation, confirm the strongest exactly.")
+        str, typer.Option(help="exact, or two_stage: estimate each single-gene perturbation, confirm the strongest.")
     ] = "exact",
     n_confirm: Annotated[int, typer.Option(help="two_stage: perturbations confirmed exactly per cell.")] = 60,
     n_confirm_genes: Annotated[
