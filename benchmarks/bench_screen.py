@@ -7,6 +7,8 @@ cells left out) drawn with ``--seed``. Models:
   prediction on the five shared datasets (cells cut to their ``--pretrain-max-genes`` top genes) for
   ``--pretrain-seconds``; saved in ``benchmarks/results/pretrained_screen`` and reused (``--repretrain`` redoes it).
 - ``random10m``: the Geneformer-V1-10M architecture (6 layers, hidden 256), random weights (``torch.manual_seed(0)``).
+- ``random-v2``: the smallest V2 architecture, gf-12L-95M-i4096 (V2 vocabulary with ``<cls>``/``<eos>``, 12 layers,
+  hidden 512, input size 4096), random weights (``torch.manual_seed(0)``); cells encoded with the V2 dictionaries.
 
 Each run times the exact screen, then for each ``--anchors`` value (exact anchor deletions per cell in stage 1):
 stage 1 alone (``n_confirm=0``, ``n_confirm_genes=0``: every value an estimate) and the two-stage screen for each
@@ -28,6 +30,7 @@ Usage::
     python benchmarks/bench_screen.py --model small --cells 50 --anchors 16 32 64 --confirm 20 40 80
     python benchmarks/bench_screen.py --model random10m --cells 5 --anchors 16 32 --confirm 20 40
     python benchmarks/bench_screen.py --model small --cells 50 --perturbation overexpress
+    python benchmarks/bench_screen.py --model random-v2 --cells 3 --max-genes 400 --anchors 16 32 --confirm 20 40
 
 ``--perturbation overexpress`` screens moves of every gene to the top instead of deletions (results in
 ``bench_screen_<model>_overexpress.json``); the recalls then rank ``1 - cosine`` of the moves.
@@ -53,7 +56,10 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 RESULTS = ROOT / "benchmarks" / "results"
 PRETRAINED = RESULTS / "pretrained_screen"
-DICTIONARIES = SHARED / "data" / "dictionaries" / "V1_gc30M"
+DICTIONARIES = {
+    "V1": SHARED / "data" / "dictionaries" / "V1_gc30M",
+    "V2": SHARED / "data" / "dictionaries" / "V2_gc104M",
+}
 TEST_CELLS = {"ACGACCCTTGACCA-1", "GGCATATGGGGAGT-1"}  # cells of tests and other benchmarks
 TOP = 20
 
@@ -64,11 +70,11 @@ def load_model(name: str):
     if name == "small":
         return sgf.GeneformerModel.load(PRETRAINED)
     torch.manual_seed(0)
-    config = sgf.model.get_checkpoint("Geneformer-V1-10M").config
-    return sgf.GeneformerModel(bert_config=config, vocabulary="V1")
+    name, vocabulary = ("Geneformer-V1-10M", "V1") if name == "random10m" else ("gf-12L-95M-i4096", "V2")
+    return sgf.GeneformerModel(bert_config=sgf.model.get_checkpoint(name).config, vocabulary=vocabulary)
 
 
-def load_cells(n_cells: int, seed: int):
+def load_cells(n_cells: int, seed: int, version: str = "V1", max_genes: int | None = None):
     import anndata as ad
 
     import scgeneformer as sgf
@@ -76,8 +82,10 @@ def load_cells(n_cells: int, seed: int):
     adata = ad.read_h5ad(SHARED / "data" / "datasets" / "pbmc3k_annotated.h5ad")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # genes outside the vocabulary: expected
-        sgf.pp.rank_encode(adata, vocabulary=DICTIONARIES, gene_id_key="ensembl_id", n_counts_key="n_counts")
+        sgf.pp.rank_encode(adata, vocabulary=DICTIONARIES[version], gene_id_key="ensembl_id", n_counts_key="n_counts")
     eligible = (adata.obs["cell_type"].astype(str) != "NA").to_numpy() & ~adata.obs_names.isin(list(TEST_CELLS))
+    if max_genes is not None:
+        eligible &= adata.obs["geneformer_n_tokens"].to_numpy() <= max_genes
     chosen = np.sort(np.random.default_rng(seed).choice(np.flatnonzero(eligible), n_cells, replace=False))
     return adata, adata.obs_names[chosen].tolist()
 
@@ -142,7 +150,8 @@ def machine() -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", choices=["small", "random10m"], default="small")
+    parser.add_argument("--model", choices=["small", "random10m", "random-v2"], default="small")
+    parser.add_argument("--max-genes", type=int, help="only cells with at most this many genes (cheaper exact runs)")
     parser.add_argument("--cells", type=int, default=50)
     parser.add_argument("--seed", type=int, default=21)
     parser.add_argument("--confirm", type=int, nargs="+", default=[20, 40, 80])
@@ -163,7 +172,8 @@ def main() -> None:
 
         pretrain(args.pretrain_seconds, args.pretrain_max_genes, PRETRAINED, lr=1e-3, warmup_steps=50)
     model = load_model(args.model)
-    adata, cells = load_cells(args.cells, args.seed)
+    version = "V2" if args.model == "random-v2" else "V1"
+    adata, cells = load_cells(args.cells, args.seed, version, args.max_genes)
     lengths = adata.obs.loc[cells, "geneformer_n_tokens"].to_numpy()
     print(
         f"{args.model}: {len(cells)} cells, genes per cell median {np.median(lengths):.0f} "
@@ -172,7 +182,7 @@ def main() -> None:
     )
     options = {
         "cells": cells,
-        "vocabulary": DICTIONARIES,
+        "vocabulary": DICTIONARIES[version],
         "inplace": False,
         "execution": {"accelerator": "cpu", "progress_bar": False},
         "perturbation": args.perturbation,
