@@ -69,10 +69,10 @@ def _state_shifts(perturbed: torch.Tensor, original: torch.Tensor, states: torch
 
 def run_chunk(module, jobs: list[tuple[int, CellJob]], spec: EngineSpec, progress=None) -> ChunkResult:
     """Run one chunk: ``jobs`` are ``(index, job)`` pairs; the result's ``job`` holds those indices."""
-    return _Chunk(module, jobs, spec, progress).run()
+    return Chunk(module, jobs, spec, progress).run()
 
 
-class _Chunk:
+class Chunk:
     """The jobs of one chunk, the bank of their originals' hidden states, and the results gathered so far."""
 
     def __init__(self, module, chunk: list[tuple[int, CellJob]], spec: EngineSpec, progress) -> None:
@@ -89,7 +89,7 @@ class _Chunk:
         hidden = self.module.encode(ids, None if bool(mask.all()) else mask, self.spec.n_run).float()
         return hidden, self.module.pool(hidden, ids, mask, self.spec.pooling)
 
-    def _bank_originals(self) -> None:
+    def bank_originals(self) -> None:
         # the bank's row 0 is the zero vector the ZERO sources point to
         lengths = np.array([len(job.original) for job in self.jobs])
         self.offsets = np.concatenate([[1], 1 + np.cumsum(lengths)[:-1]])
@@ -112,18 +112,35 @@ class _Chunk:
         )
 
     def run(self) -> ChunkResult:
-        self._bank_originals()
+        self.bank_originals()
         # single-gene deletions of a cell share their first layer; everything else runs longest first
         shared = {j for j, job in enumerate(self.jobs) if self._shares_first_layer(job)}
         for j in sorted(shared):
             self._run_deletions(j)
         items = [(j, k) for j, job in enumerate(self.jobs) if j not in shared for k in range(len(job.perturbed))]
+        self.run_items(items)
+        return self.result()
+
+    def run_items(self, items: list[tuple[int, int]], *, keep_hidden: bool = False) -> dict:
+        """Run the perturbed sequences ``items`` (``(job, k)`` pairs) as plain forward passes, in length-sorted batches.
+
+        With ``keep_hidden``, returns each item's hidden states (float64, on the CPU) for the caller's estimates.
+        """
+        kept = {}
         item_lengths = np.array([len(self.jobs[j].perturbed[k]) for j, k in items], dtype=np.int64)
         for batch in plan_batches(item_lengths, token_budget=self.spec.token_budget):
             batch_items = [items[i] for i in batch]
             hidden, pooled = self._encode([self.jobs[j].perturbed[k] for j, k in batch_items])
             self._compare(hidden, pooled, batch_items)
-        return self._result()
+            if keep_hidden:
+                for row, item in enumerate(batch_items):
+                    kept[item] = hidden[row, : item_lengths[batch[row]]].double().cpu()
+        return kept
+
+    def original_hidden(self, j: int) -> torch.Tensor:
+        """The hidden states of job ``j``'s original (float64, on the CPU), as the bank holds them."""
+        start = self.offsets[j]
+        return self.bank[start : start + len(self.jobs[j].original)].double().cpu()
 
     def _run_deletions(self, j: int) -> None:
         """All single-gene deletions of job ``j``: first layer shared (see ``_first_layer``), then the other layers."""
@@ -181,7 +198,7 @@ class _Chunk:
         if self.progress is not None:
             self.progress.update(len(batch_items))
 
-    def _result(self) -> ChunkResult:
+    def result(self) -> ChunkResult:
         out = self.out
         result = ChunkResult(
             job=self.indices[np.concatenate(out["job"])] if out["job"] else np.empty(0, dtype=np.int64),

@@ -98,18 +98,24 @@ def targets_job(
     They run as plain forward passes (``deleted`` stays ``None``): the shared first layer pays off for a cell's
     contiguous deletions, but its windows span the whole cell for a few scattered ones, which then cost more (measured).
     """
-    ids = targets.original
-    job = CellJob(cell, ids)
+    job = CellJob(cell, targets.original)
     for k in ks:
-        position, label = int(targets.positions[k]), targets.labels[k]
-        if spec.perturbation == "delete":
-            job.add(*delete(ids, [position], special), label)
-        elif not spec.separately:
-            job.add(*move_to_front(ids, [position], special), label)
-        else:  # moved, or inserted when the cell lacks it (the original already left room for one gene)
-            _, perturbed, sources = overexpress_set(ids, label, max_len, special, reference_quirks=False)
-            job.add(perturbed, sources, label)
+        label = targets.labels[k]
+        job.add(*single_perturbation(targets.original, int(targets.positions[k]), label, spec, max_len, special), label)
     return job
+
+
+def single_perturbation(
+    ids: np.ndarray, position: int, label: tuple[int, ...], spec: PerturbationSpec, max_len: int, special: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """The perturbed sequence and comparison sources of one gene (``position``; ``-1``: inserted), as ``cell_job``."""
+    if spec.perturbation == "delete":
+        return delete(ids, [position], special)
+    if not spec.separately:
+        return move_to_front(ids, [position], special)
+    # moved, or inserted when the cell lacks it (the original already left room for one gene)
+    _, perturbed, sources = overexpress_set(ids, label, max_len, special, reference_quirks=False)
+    return perturbed, sources
 
 
 def cell_job(

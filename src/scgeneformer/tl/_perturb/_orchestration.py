@@ -301,7 +301,7 @@ def perturb(
         goal_column = None if goal is None else 1  # the goal state's column: start, goal, alternatives
         runner, plan = prepare_confirmation(runner, model.module, plan, execution, two_stage, goal_column=goal_column)
         n_run_perturbations = int(plan.n_perturbations.sum())
-        params["screen"]["n_confirmed"] = n_run_perturbations
+        params["screen"]["n_confirmed"] = runner.n_confirmed
     results, labels = _run(runner, model, plan, execution, tables, store, n_perturbations=n_run_perturbations)
 
     elapsed = time.perf_counter() - start_time

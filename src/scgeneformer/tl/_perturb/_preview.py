@@ -73,7 +73,7 @@ def expected_rows(
     compared = np.maximum(np.asarray(perturbed_length, dtype=np.float64) - ends - not_compared, 0)
     exact = counts
     if two_stage is not None:
-        exact = np.minimum(counts, two_stage.n_confirm + two_stage.n_confirm_genes)
+        exact = np.minimum(counts, two_stage.n_anchors + two_stage.n_confirm + two_stage.n_confirm_genes)
     cell_rows = int(round(float(np.sum(counts))))
     gene_rows = int(round(float(np.sum(exact * compared)))) if gene_shifts else 0
     return cell_rows, gene_rows, int(round(float(np.sum(exact))))
@@ -131,10 +131,9 @@ def preview(
     if two_stage is None:
         flops = plan.cost.sum() + originals
         passes = exact + len(selected)
-    else:  # stage 1: the original and the anchors; stage 2: the confirmations and their originals
-        n_anchors = two_stage.n_anchors
-        flops = originals * (2 + n_anchors) + plan.cost.sum() * exact / max(cell_rows, 1)
-        passes = len(selected) * (2 + n_anchors) + exact
+    else:  # stage 1: the original, the anchors and the rounds' runs; stage 2: the top genes and their originals
+        flops = originals * 2 + plan.cost.sum() * exact / max(cell_rows, 1)
+        passes = len(selected) * 2 + exact
     rows = cell_rows + gene_rows
     result = {
         "n_cells": len(selected),

@@ -1,13 +1,13 @@
-"""The two-stage screen: estimate every single-gene perturbation (``_estimate``), then run the strongest exactly.
+"""The two-stage screen: estimates and each cell's strongest run exactly (stage 1), then the top genes (stage 2).
 
-Stage 1 estimates every single-gene deletion (or move to the top) of every cell, of every gene or of a gene list
-perturbed separately, from ``1 + N_ANCHORS`` forward passes per cell. The candidates are then chosen from all cells'
-estimates: per cell, the ``n_confirm`` strongest perturbations (and every listed gene the cell lacks, which
-overexpression inserts and stage 1 cannot estimate); across cells,
-the ``n_confirm_genes`` genes with the strongest mean estimate, in every cell that holds them (so that the per-gene
-summary's top genes are exact in all their cells). Stage 2 runs the candidates through the exact engine, part by part
-like an exact screen (several processes, stores and resume included); each part's table holds every perturbation,
-its exact values where ``confirmed`` is true and its stage-1 estimate elsewhere.
+Stage 1 covers single-gene deletions (or moves to the top) of every gene, or of a gene list perturbed separately:
+per cell, ``n_anchors`` exact perturbations at evenly spaced ranks, then ``n_confirm`` more chosen in rounds from the
+estimates (every exact run is also an anchor of the estimates). Listed genes a cell lacks, which overexpression
+inserts and no estimate covers, run exactly too. Stage 2 then takes the ``n_confirm_genes`` genes with the strongest
+mean value over cells (exact or estimated) and runs them exactly in every cell that holds them and has not run them
+yet, so that the per-gene summary's top genes are exact in all their cells. It runs part by part like an exact screen
+(several processes, stores and resume included); each part's table holds every perturbation, with its exact values
+where ``confirmed`` is true and its stage-1 estimate elsewhere.
 
 Stage 1 is deterministic and recomputed when a store is resumed, so the candidates of a resumed run are the same.
 """
@@ -21,9 +21,9 @@ import numpy as np
 
 from ._distributed import run_distributed
 from ._engine import ChunkResult, run_chunk
-from ._estimate import EstimateRunner
 from ._jobs import iter_sequences, screen_targets, targets_job
 from ._running import run_here
+from ._stage_one import ROUND_BISECT, ROUND_CONFIRM, StageOneRunner, strength
 
 if TYPE_CHECKING:
     import torch
@@ -33,10 +33,9 @@ if TYPE_CHECKING:
     from ._running import PartRunner
     from ._spec import PerturbationSpec
 
-#: Exact anchor perturbations per cell in stage 1, spread evenly over its ranks (the first gene's included; the original
-#: cell is a virtual anchor at the end). More anchors follow effects that vary along the ranks (measured in
-#: ``benchmarks/bench_screen.py``) at one forward pass each.
-N_ANCHORS = 32
+#: Exact anchor perturbations per cell that start stage 1, spread evenly over its ranks (deletion: the first gene's
+#: included, the original cell being a virtual anchor at the end; overexpression: the last gene's included).
+N_ANCHORS = 16
 
 
 @dataclass(frozen=True)
@@ -46,11 +45,12 @@ class TwoStageScreen:
     Parameters
     ----------
     n_confirm
-        Perturbations confirmed exactly per cell: its strongest by the stage-1 estimate.
+        Exact perturbations per cell after its anchors, chosen in rounds (its strongest by estimate, and new anchors
+        where the strong ones are).
     n_confirm_genes
-        Genes confirmed exactly in every cell that holds them: those with the strongest mean estimate over cells.
+        Genes confirmed exactly in every cell that holds them: those with the strongest mean value over cells.
     n_anchors
-        Exact anchor perturbations per cell in stage 1.
+        Exact anchor perturbations per cell that start stage 1.
     """
 
     n_confirm: int = 60
@@ -93,6 +93,7 @@ class TwoStageScreen:
             "n_confirm": int(self.n_confirm),
             "n_confirm_genes": int(self.n_confirm_genes),
             "n_anchors": int(self.n_anchors),
+            "round": {"bisect": ROUND_BISECT, "confirm": ROUND_CONFIRM},
         }
 
 
@@ -105,13 +106,13 @@ def prepare_confirmation(
     *,
     goal_column: int | None,
 ) -> tuple[ConfirmRunner, Plan]:
-    """Run stage 1 over every part (here or over several processes) and choose the candidates.
+    """Run stage 1 over every part (here or over several processes) and choose stage 2's candidates.
 
     Returns the runner of stage 2, and the plan whose per-part counts and costs are its confirmations (for progress
     and for sharing the parts out).
     """
-    estimator = EstimateRunner(
-        runner.info, runner.selected, runner.spec, runner.max_len, runner.engine, screen.n_anchors
+    stage_one = StageOneRunner(
+        runner.info, runner.selected, runner.spec, runner.max_len, runner.engine, screen, goal_column
     )
     every_part = list(range(len(plan.parts)))
 
@@ -119,10 +120,10 @@ def prepare_confirmation(
         return None
 
     if execution.distributed:
-        results, labels = run_distributed(estimator, module, plan, every_part, execution, nothing, keep=True)
+        results, labels = run_distributed(stage_one, module, plan, every_part, execution, nothing, keep=True)
     else:
         results, labels = run_here(
-            estimator,
+            stage_one,
             module,
             plan,
             every_part,
@@ -130,78 +131,83 @@ def prepare_confirmation(
             nothing,
             keep=True,
             n_perturbations=int(plan.n_perturbations.sum()),
-            desc="estimates",
+            desc="stage 1",
         )
-    estimates = _by_job(results)
-    candidates = choose_candidates(estimates, labels, screen, goal_column=goal_column)
+    first = _by_job(results)
+    candidates = choose_candidates(first, labels, screen, goal_column=goal_column)
     counts = np.array([sum(len(candidates.get(int(j), ())) for j in part) for part in plan.parts], dtype=np.int64)
     cost = plan.cost * np.where(plan.n_perturbations > 0, counts / np.maximum(plan.n_perturbations, 1), 0)
-    return ConfirmRunner(runner, estimates, candidates), plan._replace(cost=cost, n_perturbations=counts)
+    return ConfirmRunner(runner, first, candidates), plan._replace(cost=cost, n_perturbations=counts)
 
 
-def _by_job(results: list[ChunkResult]) -> dict[int, tuple[np.ndarray, np.ndarray | None]]:
-    """Each job's estimated cosines and shifts, indexed by perturbation."""
-    estimates: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
+@dataclass
+class FirstStage:
+    """One job's stage-1 values, indexed by perturbation: estimates, or exact values where ``confirmed``."""
+
+    cosine: np.ndarray
+    shifts: np.ndarray | None
+    confirmed: np.ndarray
+    #: gene rows of its exact runs (``gene_shifts``): perturbation, token, position, cosine
+    genes: tuple[np.ndarray, ...] | None = None
+
+
+def _by_job(results: list[ChunkResult]) -> dict[int, FirstStage]:
+    """Each job's stage-1 values, indexed by perturbation."""
+    first: dict[int, FirstStage] = {}
     for result in results:
         for job in np.unique(result.job):
             rows = np.flatnonzero(result.job == job)
             rows = rows[np.argsort(result.perturbation[rows], kind="stable")]
             shifts = None if result.shifts is None else result.shifts[rows]
-            estimates[int(job)] = (result.cosine[rows], shifts)
-    return estimates
-
-
-def strength(cosine: np.ndarray, shifts: np.ndarray | None, goal_column: int | None) -> np.ndarray:
-    """How strong each perturbation is (larger: stronger): the shift toward the goal state, else ``1 - cosine``."""
-    if goal_column is not None and shifts is not None:
-        return np.asarray(shifts[:, goal_column], dtype=np.float64)
-    return 1.0 - np.asarray(cosine, dtype=np.float64)
+            genes = None
+            if result.gene_job is not None:
+                at = np.flatnonzero(result.gene_job == job)
+                genes = (result.gene_perturbation[at], result.gene_token[at], result.gene_position[at],
+                         result.gene_cosine[at])  # fmt: skip
+            first[int(job)] = FirstStage(result.cosine[rows], shifts, result.confirmed[rows], genes)
+    return first
 
 
 def choose_candidates(
-    estimates: dict[int, tuple[np.ndarray, np.ndarray | None]],
+    first: dict[int, FirstStage],
     labels: dict[int, list[tuple[int, ...]]],
     screen: TwoStageScreen,
     *,
     goal_column: int | None,
 ) -> dict[int, np.ndarray]:
-    """Per job, the perturbations (sorted indices) to confirm exactly; deterministic (ties: lower index or token).
+    """Per job, the perturbations (sorted indices) stage 2 runs: the top genes across cells, where not exact yet.
 
-    Perturbations without an estimate (NaN: genes a cell lacks, inserted by overexpression) are always confirmed.
+    The top genes are the ``n_confirm_genes`` with the strongest mean value over the cells holding them (exact values
+    where stage 1 ran them, estimates elsewhere); deterministic (ties: lower token).
     """
-    chosen: dict[int, set[int]] = {}
     totals: dict[int, list[float]] = {}
-    for job in sorted(estimates):
-        cosine, shifts = estimates[job]
-        score = strength(cosine, shifts, goal_column)
-        unknown = np.isnan(score)
-        ranked = np.flatnonzero(~unknown)[np.argsort(-score[~unknown], kind="stable")]
-        chosen[job] = set(ranked[: screen.n_confirm].tolist()) | set(np.flatnonzero(unknown).tolist())
-        for k, token in enumerate(label[0] for label in labels[job]):
-            if unknown[k]:
-                continue
-            total = totals.setdefault(int(token), [0.0, 0])
+    for job in sorted(first):
+        score = strength(first[job].cosine, first[job].shifts, goal_column)
+        for k, label in enumerate(labels[job]):
+            total = totals.setdefault(int(label[0]), [0.0, 0])
             total[0] += float(score[k])
             total[1] += 1
-    if screen.n_confirm_genes:
+    top: set[int] = set()
+    if screen.n_confirm_genes and totals:
         tokens = np.array(sorted(totals), dtype=np.int64)
         means = np.array([totals[int(t)][0] / totals[int(t)][1] for t in tokens])
         top = set(tokens[np.argsort(-means, kind="stable")[: screen.n_confirm_genes]].tolist())
-        for job in chosen:
-            chosen[job] |= {k for k, label in enumerate(labels[job]) if label[0] in top}
-    return {job: np.array(sorted(ks), dtype=np.int64) for job, ks in chosen.items()}
+    return {
+        job: np.array(
+            [k for k, label in enumerate(labels[job]) if label[0] in top and not first[job].confirmed[k]],
+            dtype=np.int64,
+        )
+        for job in first
+    }
 
 
 class ConfirmRunner:
-    """Stage 2 of one part: the candidates run exactly; every other perturbation keeps its stage-1 estimate."""
+    """Stage 2 of one part: the candidates run exactly; every other perturbation keeps its stage-1 value."""
 
-    def __init__(
-        self,
-        runner: PartRunner,
-        estimates: dict[int, tuple[np.ndarray, np.ndarray | None]],
-        candidates: dict[int, np.ndarray],
-    ) -> None:
-        self.runner, self.estimates, self.candidates = runner, estimates, candidates
+    def __init__(self, runner: PartRunner, first: dict[int, FirstStage], candidates: dict[int, np.ndarray]) -> None:
+        self.runner, self.first, self.candidates = runner, first, candidates
+        #: exact perturbations of the screen: stage 1's confirmed rows and stage 2's candidates
+        self.n_confirmed = sum(int(f.confirmed.sum()) for f in first.values()) + sum(map(len, candidates.values()))
 
     def run(self, module: torch.nn.Module, part: np.ndarray, progress=None) -> tuple[ChunkResult, dict]:
         """The part's results (``confirmed`` marks exact rows) and the perturbed tokens of each of its jobs."""
@@ -217,37 +223,43 @@ class ConfirmRunner:
         return self._merge(list(labels), exact), labels
 
     def _merge(self, job_indices: list[int], exact: ChunkResult | None) -> ChunkResult:
-        """Estimates of every perturbation of the jobs, replaced by the exact values of the confirmed ones."""
-        cosine = [self.estimates[j][0].astype(np.float32) for j in job_indices]
-        has_states = self.estimates[job_indices[0]][1] is not None if job_indices else False
-        shifts = [self.estimates[j][1].astype(np.float32) for j in job_indices] if has_states else None
+        """Stage-1 values of every perturbation of the jobs, with stage 2's exact values in place."""
+        first = [self.first[j] for j in job_indices]
+        cosine = [f.cosine.astype(np.float32) for f in first]
+        has_states = bool(first) and first[0].shifts is not None
         start = np.cumsum([0, *[len(c) for c in cosine]])
         offset = dict(zip(job_indices, start[:-1], strict=False))
         result = ChunkResult(
             job=np.concatenate([np.full(len(c), j, dtype=np.int64) for j, c in zip(job_indices, cosine, strict=True)])
-            if job_indices
+            if first
             else np.empty(0, dtype=np.int64),
             perturbation=np.concatenate([np.arange(len(c), dtype=np.int64) for c in cosine])
-            if job_indices
+            if first
             else np.empty(0, dtype=np.int64),
-            cosine=np.concatenate(cosine) if job_indices else np.empty(0, dtype=np.float32),
-            shifts=np.concatenate(shifts) if shifts else None,
+            cosine=np.concatenate(cosine) if first else np.empty(0, dtype=np.float32),
+            shifts=np.concatenate([f.shifts.astype(np.float32) for f in first]) if has_states else None,
         )
-        result.confirmed = np.zeros(len(result.job), dtype=bool)
-        if exact is None or not len(exact.job):
-            return result
-        # the exact rows' perturbation indices point into the candidates: back to the job's own indices
-        k = self._job_index(exact.job, exact.perturbation)
-        rows = np.array([offset[int(j)] for j in exact.job], dtype=np.int64) + k
-        result.cosine[rows] = exact.cosine
-        if result.shifts is not None:
-            result.shifts[rows] = exact.shifts
-        result.confirmed[rows] = True
-        if exact.gene_job is not None:
-            result.gene_job = exact.gene_job
-            result.gene_perturbation = self._job_index(exact.gene_job, exact.gene_perturbation)
-            result.gene_token, result.gene_position = exact.gene_token, exact.gene_position
-            result.gene_cosine = exact.gene_cosine
+        result.confirmed = np.concatenate([f.confirmed for f in first]) if first else np.empty(0, dtype=bool)
+        genes = [(j, f.genes) for j, f in zip(job_indices, first, strict=True) if f.genes is not None]
+        if exact is not None and len(exact.job):
+            # the exact rows' perturbation indices point into the candidates: back to the job's own indices
+            k = self._job_index(exact.job, exact.perturbation)
+            rows = np.array([offset[int(j)] for j in exact.job], dtype=np.int64) + k
+            result.cosine[rows] = exact.cosine
+            if result.shifts is not None:
+                result.shifts[rows] = exact.shifts
+            result.confirmed[rows] = True
+            if exact.gene_job is not None:
+                for j in np.unique(exact.gene_job):
+                    at = exact.gene_job == j
+                    perturbation = self._job_index(exact.gene_job[at], exact.gene_perturbation[at])
+                    genes.append((int(j), (perturbation, exact.gene_token[at], exact.gene_position[at],
+                                           exact.gene_cosine[at])))  # fmt: skip
+        if genes:
+            result.gene_job = np.concatenate([np.full(len(g[0]), j, dtype=np.int64) for j, g in genes])
+            result.gene_perturbation, result.gene_token, result.gene_position, result.gene_cosine = (
+                np.concatenate(parts) for parts in zip(*[g for _, g in genes], strict=True)
+            )
         return result
 
     def _job_index(self, jobs: np.ndarray, candidate_index: np.ndarray) -> np.ndarray:
