@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from helpers import N_FAKE_GENES, encoded_counts, fake_gene_id, tiny_model
+from helpers import N_FAKE_GENES, encoded_counts, fake_gene_id, make_vocabulary, tiny_model
 
 import scgeneformer as sgf
 from scgeneformer.tl._perturb import _planning, _two_stage
@@ -122,7 +122,7 @@ def test_estimates_are_deterministic_and_close_for_a_tiny_model(setup):
     assert np.corrcoef(shift, estimate)[0, 1] > 0.9
 
 
-def naive_estimate(original, anchors, anchor_hidden, i, special, pooling):
+def naive_estimate(original, anchors, anchor_hidden, i, special, pooling, influence=None):
     """The estimated pooled embedding of deleting position ``i``, built row by row (the module's rule)."""
     n = original.shape[0]
     first, end = (1, n - 1) if special else (0, n)
@@ -131,7 +131,7 @@ def naive_estimate(original, anchors, anchor_hidden, i, special, pooling):
     k = max(j for j in range(len(anchors)) if anchors[j] <= i)
     a, b = bounds[k], bounds[k + 1]
     left, right = hidden[k], hidden[k + 1]
-    w = (i - a) / (b - a)
+    w = (i - a) / (b - a) if influence is None else float(influence[a:i].sum() / influence[a:b].sum())
     rows = []
     for p in range(n - 1):
         if a <= p < i:
@@ -146,9 +146,10 @@ def naive_estimate(original, anchors, anchor_hidden, i, special, pooling):
     return rows[first : end - 1].mean(0)
 
 
+@pytest.mark.parametrize("weighted", [False, True])
 @pytest.mark.parametrize("special", [False, True])
 @pytest.mark.parametrize("pooling", ["mean", "cls"])
-def test_prefix_sums_equal_the_row_by_row_estimate(special, pooling):
+def test_prefix_sums_equal_the_row_by_row_estimate(special, pooling, weighted):
     if pooling == "cls" and not special:
         pytest.skip("<cls> pooling needs the special tokens")
     generator = torch.Generator().manual_seed(0)
@@ -161,11 +162,12 @@ def test_prefix_sums_equal_the_row_by_row_estimate(special, pooling):
     deleted = np.arange(first, end)
     states = torch.randn(2, d, generator=generator)
     engine = EngineSpec(1, pooling, "pooled", states, gene_shifts=False, token_budget=1000)
-    cosine, shifts = estimate_deletions(original, anchors, anchor_hidden, deleted, engine, special)
+    influence = torch.rand(n, generator=generator, dtype=torch.float64) if weighted else None
+    cosine, shifts = estimate_deletions(original, anchors, anchor_hidden, deleted, engine, special, influence)
     pooled = original[0] if pooling == "cls" else original[first:end].mean(0)
     cos = torch.nn.functional.cosine_similarity
     for row, i in enumerate(deleted):
-        estimate = naive_estimate(original, anchors, anchor_hidden, int(i), special, pooling)
+        estimate = naive_estimate(original, anchors, anchor_hidden, int(i), special, pooling, influence)
         assert cosine[row] == pytest.approx(float(cos(estimate, pooled, dim=0)), abs=1e-12)
         expected = cos(estimate[None], states.double(), dim=-1) - cos(pooled[None], states.double(), dim=-1)
         np.testing.assert_allclose(shifts[row], expected.numpy(), atol=1e-12)
@@ -320,7 +322,7 @@ def test_overexpression_estimates_follow_the_exact_values(setup):
     assert np.corrcoef(shift, estimate)[0, 1] > 0.8
 
 
-def naive_overexpression(original, anchors, anchor_hidden, i, special, pooling, gene_mean=False):
+def naive_overexpression(original, anchors, anchor_hidden, i, special, pooling, gene_mean=False, influence=None):
     """The estimated pooled embedding (or mean gene cosine) of moving position ``i`` to the top, row by row."""
     n = original.shape[0]
     first, end = (1, n - 1) if special else (0, n)
@@ -329,7 +331,11 @@ def naive_overexpression(original, anchors, anchor_hidden, i, special, pooling, 
     k = max(j for j in range(len(bounds) - 1) if bounds[j] < i)
     a, b = bounds[k], bounds[k + 1]
     left, right = hidden[k], hidden[k + 1]
-    w = (i - a) / (b - a)
+    w = (
+        (i - a) / (b - a)
+        if influence is None
+        else float(influence[a + 1 : i + 1].sum() / influence[a + 1 : b + 1].sum())
+    )
     rows = []
     for p in range(n):
         if p == first:  # the moved gene: its own row plus the anchors' mean change at the top
@@ -357,9 +363,10 @@ def naive_overexpression(original, anchors, anchor_hidden, i, special, pooling, 
     return rows[0] if pooling == "cls" else rows[first:end].mean(0)
 
 
+@pytest.mark.parametrize("weighted", [False, True])
 @pytest.mark.parametrize("special", [False, True])
 @pytest.mark.parametrize("mode", ["mean", "cls", "gene_mean"])
-def test_overexpression_prefix_sums_equal_the_row_by_row_estimate(special, mode):
+def test_overexpression_prefix_sums_equal_the_row_by_row_estimate(special, mode, weighted):
     generator = torch.Generator().manual_seed(1)
     n, d = 17, 5
     original = torch.randn(n, d, generator=generator, dtype=torch.float64)
@@ -371,13 +378,17 @@ def test_overexpression_prefix_sums_equal_the_row_by_row_estimate(special, mode)
     states = torch.randn(2, d, generator=generator)
     pooling = "cls" if mode == "cls" else "mean"
     engine = EngineSpec(1, pooling, "gene_mean" if mode == "gene_mean" else "pooled", states, False, 1000)
-    cosine, shifts = estimate_overexpressions(original, anchors, anchor_hidden, moved, engine, special)
+    influence = torch.rand(n, generator=generator, dtype=torch.float64) if weighted else None
+    cosine, shifts = estimate_overexpressions(original, anchors, anchor_hidden, moved, engine, special, influence)
     pooled = original[0] if pooling == "cls" else original[first:end].mean(0)
     cos = torch.nn.functional.cosine_similarity
+    naive = {"original": original, "anchors": anchors, "anchor_hidden": anchor_hidden, "influence": influence}
     for row, i in enumerate(moved):
         if mode == "gene_mean":
-            expected_cos = float(naive_overexpression(original, anchors, anchor_hidden, int(i), special, pooling, True))
-        estimate = naive_overexpression(original, anchors, anchor_hidden, int(i), special, pooling)
+            expected_cos = float(
+                naive_overexpression(i=int(i), special=special, pooling=pooling, gene_mean=True, **naive)
+            )
+        estimate = naive_overexpression(i=int(i), special=special, pooling=pooling, **naive)
         if mode != "gene_mean":
             expected_cos = float(cos(estimate, pooled, dim=0))
         assert cosine[row] == pytest.approx(expected_cos, abs=1e-12)
@@ -387,3 +398,21 @@ def test_overexpression_prefix_sums_equal_the_row_by_row_estimate(special, mode)
     if mode == "cls" and special:
         exact = anchor_hidden[1][0]
         assert cosine[anchors[1] - first - 1] == pytest.approx(float(cos(exact, pooled, dim=0)), abs=1e-12)
+
+
+def test_rounds_find_each_cells_strongest_deletions():
+    # V1: the tiny random V2 model's deletion shifts sit at float32 rounding, where no ranking is meaningful
+    vocab = make_vocabulary("V1")
+    adata, model = encoded_counts(vocab, n_obs=12, seed=5), tiny_model(vocab, layers=3)
+    exact = cell_rows(screen(adata, model, vocab))
+    result = screen(adata, model, vocab, screen="two_stage", n_confirm=10, n_confirm_genes=0)
+    got = cell_rows(result)
+    for cell, rows in exact.groupby("cell", observed=True):
+        mine = got[got["cell"] == cell]
+        assert mine["confirmed"].sum() == 16 + 10  # the anchors, then 10 more chosen in rounds
+        strongest = set(rows.nsmallest(5, "cosine")["perturbed_token"].astype(str))
+        confirmed = mine[mine["confirmed"]]
+        assert strongest == set(confirmed.nsmallest(5, "cosine")["perturbed_token"].astype(str)), cell
+    # the rounds are recorded with the screen's settings
+    assert result["params"]["screen"]["round"] == {"bisect": 3, "confirm": 3}
+    assert result["params"]["screen"]["n_anchors"] == 16

@@ -411,7 +411,7 @@ def perturb(
     screen: Annotated[
         str, typer.Option(help="exact, or two_stage: estimate each single-gene perturbation, confirm the strongest.")
     ] = "exact",
-    n_confirm: Annotated[int, typer.Option(help="two_stage: perturbations confirmed exactly per cell.")] = 60,
+    n_confirm: Annotated[int, typer.Option(help="two_stage: exact perturbations per cell after its anchors.")] = 60,
     n_confirm_genes: Annotated[
         int, typer.Option(help="two_stage: top genes by estimate, confirmed exactly in all their cells.")
     ] = 20,

@@ -136,7 +136,8 @@ def prepare_confirmation(
     first = _by_job(results)
     candidates = choose_candidates(first, labels, screen, goal_column=goal_column)
     counts = np.array([sum(len(candidates.get(int(j), ())) for j in part) for part in plan.parts], dtype=np.int64)
-    cost = plan.cost * np.where(plan.n_perturbations > 0, counts / np.maximum(plan.n_perturbations, 1), 0)
+    # every part still runs in stage 2 (its table is written), so none costs nothing when the parts are shared out
+    cost = plan.cost * np.maximum(counts, 1) / np.maximum(plan.n_perturbations, 1)
     return ConfirmRunner(runner, first, candidates), plan._replace(cost=cost, n_perturbations=counts)
 
 
