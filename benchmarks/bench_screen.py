@@ -119,11 +119,16 @@ def recall_per_cell(exact: dict, screen: dict) -> float:
     return float(np.mean(recalls))
 
 
-def recall_across(exact_summary, screen_summary) -> float:
-    if "n_confirmed" in screen_summary and screen_summary["n_confirmed"].any():  # genes exact in all their cells
+def recall_across(exact_summary, screen_summary, *, confirmed_only: bool = True) -> float:
+    if confirmed_only and "n_confirmed" in screen_summary:  # genes exact in all their cells
         screen_summary = screen_summary[screen_summary["n_confirmed"] == screen_summary["n_cells"]]
     truth = dict(zip(exact_summary["perturbed_token"].astype(str), 1.0 - exact_summary["cosine_mean"], strict=True))
     return tie_aware_recall(truth, screen_summary["perturbed_token"].astype(str).tolist())
+
+
+def confirmed_share(table) -> float:
+    """Share of the cell rows whose values are exact."""
+    return float(table.loc[table["affected"].astype(str) == "cell", "confirmed"].mean())
 
 
 def spearman_per_cell(exact: dict, estimates: dict) -> float:
@@ -155,7 +160,9 @@ def main() -> None:
     parser.add_argument("--max-genes", type=int, help="only cells with at most this many genes (cheaper exact runs)")
     parser.add_argument("--cells", type=int, default=50)
     parser.add_argument("--seed", type=int, default=21)
-    parser.add_argument("--confirm", type=int, nargs="+", default=[20, 40, 60, 80])
+    parser.add_argument(
+        "--confirm", type=float, nargs="+", default=[20, 40, 60, 80], help="n_confirm values (below 1: a share)"
+    )
     parser.add_argument("--anchors", type=int, nargs="+", default=[16], help="anchor perturbations per cell (stage 1)")
     parser.add_argument("--confirm-genes", type=int, default=20)
     parser.add_argument("--perturbation", choices=["delete", "overexpress"], default="delete")
@@ -217,17 +224,16 @@ def main() -> None:
                 "n_confirm_genes": 0,
                 "seconds": stage1_s,
                 "speed_up": exact_s / stage1_s,
-                "confirmed_share": 0.0,
+                "confirmed_share": float(confirmed_share(estimates["cells"])),
                 "recall_per_cell": recall_per_cell(exact_cells, estimate_cells),
-                "recall_across_cells": recall_across(exact["genes"], estimates["genes"]),
+                "recall_across_cells": recall_across(exact["genes"], estimates["genes"], confirmed_only=False),
                 "spearman": spearman[n_anchors],
             }
         )
         print(rows[-1], flush=True)
-        for n_confirm in args.confirm:
+        for n_confirm in [c if c < 1 else int(c) for c in args.confirm]:
             result, seconds = timed(screen="two_stage", n_confirm=n_confirm, n_confirm_genes=args.confirm_genes)
             table = result["cells"]
-            confirmed = table.loc[table["affected"].astype(str) == "cell", "confirmed"].to_numpy()
             rows.append(
                 {
                     "setting": "two-stage",
@@ -236,7 +242,7 @@ def main() -> None:
                     "n_confirm_genes": args.confirm_genes,
                     "seconds": seconds,
                     "speed_up": exact_s / seconds,
-                    "confirmed_share": float(confirmed.mean()),
+                    "confirmed_share": float(confirmed_share(table)),
                     "recall_per_cell": recall_per_cell(exact_cells, per_cell_values(table, confirmed_only=True)),
                     "recall_across_cells": recall_across(exact["genes"], result["genes"]),
                 }

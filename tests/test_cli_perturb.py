@@ -39,11 +39,15 @@ def test_perturb_options_of_the_command_line(tmp_path, capsys):
     result = ad.read_h5ad(out).uns["geneformer_perturb"]
     assert result["params"]["screen"]["n_confirm"] == 2
     assert 0 < result["cells"]["confirmed"].sum() < len(result["cells"])
-    # overexpression of every gene, two-stage
+    # overexpression of every gene, two-stage, with a share of each cell's genes confirmed in rounds
+    args = ["perturb", str(path), "-o", str(out), *common, "--screen", "two_stage", "--n-confirm", "0.1"]
     assert run([*args, "--n-confirm-genes", "0", "--perturbation", "overexpress", "--no-progress"]) == 0
     result = ad.read_h5ad(out).uns["geneformer_perturb"]
-    assert result["params"]["perturbation"] == "overexpress"
+    assert result["params"]["perturbation"] == "overexpress" and result["params"]["screen"]["n_confirm"] == 0.1
     assert 0 < result["cells"]["confirmed"].sum() < len(result["cells"])
+    capsys.readouterr()
+    assert run(["perturb", str(path), "-o", str(out), *common, "--screen", "two_stage", "--n-confirm", "1.5"]) != 0
+    assert "takes a whole number >= 0 or a share between 0 and 1, got 1.5" in capsys.readouterr().err
 
     genes = ["-g", "GENE3", "-g", "GENE5"]
     args = ["perturb", str(path), "-o", str(out), *common, *genes, "--combine", "separately", "--perturbation", "mask"]

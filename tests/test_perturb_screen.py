@@ -416,3 +416,15 @@ def test_rounds_find_each_cells_strongest_deletions():
     # the rounds are recorded with the screen's settings
     assert result["params"]["screen"]["round"] == {"bisect": 3, "confirm": 3}
     assert result["params"]["screen"]["n_anchors"] == 16
+
+
+def test_n_confirm_as_a_share_of_each_cells_genes(setup):
+    adata, model, vocab = setup
+    assert TwoStageScreen(0.1).confirmations(85) == 9 and TwoStageScreen(7).confirmations(85) == 7
+    for bad in (1.5, 0.0, -1):
+        with pytest.raises(ValueError, match="n_confirm"):
+            TwoStageScreen(bad)
+    got = cell_rows(screen(adata, model, vocab, screen="two_stage", n_confirm=0.1, n_confirm_genes=0))
+    per_cell = got.groupby("cell", observed=True)
+    expected = np.minimum(per_cell.size(), 16 + np.ceil(0.1 * per_cell.size()))
+    np.testing.assert_array_equal(per_cell["confirmed"].sum(), expected)

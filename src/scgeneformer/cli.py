@@ -411,7 +411,13 @@ def perturb(
     screen: Annotated[
         str, typer.Option(help="exact, or two_stage: estimate each single-gene perturbation, confirm the strongest.")
     ] = "exact",
-    n_confirm: Annotated[int, typer.Option(help="two_stage: exact perturbations per cell after its anchors.")] = 60,
+    n_confirm: Annotated[
+        float,
+        typer.Option(
+            help="two_stage: exact perturbations per cell after its anchors (below 1: a share).",
+            callback=lambda value: _count_or_share(value, "--n-confirm"),
+        ),
+    ] = 60,
     n_confirm_genes: Annotated[
         int, typer.Option(help="two_stage: top genes by estimate, confirmed exactly in all their cells.")
     ] = 20,
@@ -547,6 +553,16 @@ def train(
         err=True,
     )
     typer.echo(f"wrote {output} (scgeneformer annotate ... --model {output})", err=True)
+
+
+def _count_or_share(value: float, flag: str) -> int | float:
+    """A whole number of items, or a share in (0, 1) (typer reads both as a float)."""
+    if 0 < value < 1:
+        return value
+    if value < 0 or not float(value).is_integer():  # a usage error, before the input is read
+        msg = f"{flag} takes a whole number >= 0 or a share between 0 and 1, got {value:g}."
+        raise typer.BadParameter(msg)
+    return int(value)
 
 
 def _check_labels(adata: "AnnData", label: str) -> None:

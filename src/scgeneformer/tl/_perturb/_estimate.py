@@ -135,29 +135,32 @@ def estimate_deletions(
     engine: EngineSpec,
     special: bool,
     influence: torch.Tensor | None = None,
+    cache: dict | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Estimated cosine and state shifts of deleting each position in ``deleted`` (see the module description).
 
     ``original``: hidden states of the cell (``n × d``, float64); ``anchor_hidden``: those of the exact deletions at
     ``anchors`` (``(n - 1) × d`` each, sorted positions, the first gene's position first); ``influence``: per-position
-    blend weights (``None``: equal).
+    blend weights (``None``: equal); ``cache``: a dict kept between calls for one cell (prefix sums per anchor).
     """
     embedding = _Embedding(original, engine, special)
     n, end = embedding.n, embedding.end
     weights = embedding.weights(n - 1, end - 1)  # gene positions of a deleted sequence
     bounds = np.concatenate([anchors, [end]])
-    hidden = [*anchor_hidden, original[: n - 1]]
+    hidden = dict(zip(bounds.tolist(), [*anchor_hidden, original[: n - 1]], strict=True))
     blend = _weight_prefix(influence, n)
-    sums = _deletion_sums([h * weights[:, None] for h in hidden], bounds, deleted, n, blend)
+    pooled = _prefixes(cache, "pooled", bounds, lambda b: hidden[b] * weights[:, None])
+    sums = _deletion_sums(pooled, bounds, deleted, n, blend)
     cosine = None
     if embedding.gene_mean:
         compared = torch.zeros(n - 1, dtype=torch.float64)
         compared[embedding.first : end - 1] = 1.0
         positions = torch.arange(n - 1)
-        features = [
-            embedding.gene_cosines(h, positions + (positions >= int(a)).long(), compared)
-            for h, a in zip(hidden, bounds, strict=True)
-        ]
+
+        def gene_cosines(b: int) -> torch.Tensor:
+            return embedding.gene_cosines(hidden[b], positions + (positions >= b).long(), compared)
+
+        features = _prefixes(cache, "gene_cosines", bounds, gene_cosines)
         cosine = _deletion_sums(features, bounds, deleted, n, blend)[:, 0] / compared.sum().clamp(min=1)
     return embedding.results(sums, cosine, engine)
 
@@ -170,6 +173,7 @@ def estimate_overexpressions(
     engine: EngineSpec,
     special: bool,
     influence: torch.Tensor | None = None,
+    cache: dict | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Estimated cosine and state shifts of moving each gene position in ``moved`` to the top.
 
@@ -180,7 +184,7 @@ def estimate_overexpressions(
     ``(1 - w) M_a[p] + w M_b[p]`` where both agree (``w``: the influence-weighted share of ``(a, b]`` up to ``i``).
     The moved gene itself, at ``f``, is its original state plus the mean of what moving to the top did to the anchors'
     genes. ``original``: hidden states of the cell (``n × d``, float64); ``anchor_hidden``: those of the exact moves
-    at ``anchors`` (sorted; the last gene's position last).
+    at ``anchors`` (sorted; the last gene's position last); ``influence`` and ``cache`` as in ``estimate_deletions``.
     """
     embedding = _Embedding(original, engine, special)
     n, front = embedding.n, embedding.first
@@ -188,9 +192,10 @@ def estimate_overexpressions(
     at_top = weights[front].clone()
     weights[front] = 0.0  # the moved gene's row is estimated on its own
     bounds = np.concatenate([[front], anchors])
-    hidden = [original, *anchor_hidden]
+    hidden = dict(zip(bounds.tolist(), [original, *anchor_hidden], strict=True))
     blend = _weight_prefix(influence, n)
-    sums = _overexpression_sums([h * weights[:, None] for h in hidden], bounds, moved, n, blend)
+    pooled = _prefixes(cache, "pooled", bounds, lambda b: hidden[b] * weights[:, None])
+    sums = _overexpression_sums(pooled, bounds, moved, n, blend)
     # what moving to the top did to the anchors' own genes, on average (measured: steadier than the neighbours')
     lift = torch.stack([h[front] - original[int(a)] for h, a in zip(anchor_hidden, anchors, strict=True)]).mean(0)
     top_row = original[torch.as_tensor(moved, dtype=torch.long)] + lift
@@ -198,25 +203,39 @@ def estimate_overexpressions(
     cosine = None
     if embedding.gene_mean:
         positions = torch.arange(n)
-        features = []
-        for h, a_k in zip(hidden, bounds, strict=True):
-            source = torch.where((positions > front) & (positions <= int(a_k)), positions - 1, positions)
-            features.append(embedding.gene_cosines(h, source, weights))  # the moved gene is not compared
+
+        def gene_cosines(b: int) -> torch.Tensor:  # the moved gene is not compared
+            source = torch.where((positions > front) & (positions <= b), positions - 1, positions)
+            return embedding.gene_cosines(hidden[b], source, weights)
+
+        features = _prefixes(cache, "gene_cosines", bounds, gene_cosines)
         cosine = _overexpression_sums(features, bounds, moved, n, blend)[:, 0] / weights.sum().clamp(min=1)
     return embedding.results(sums, cosine, engine)
 
 
+def _prefixes(cache: dict | None, kind: str, bounds: np.ndarray, features) -> list[torch.Tensor]:
+    """Per bound, the prefix sums (``[p]``: rows below ``p``) of ``features(bound)``, kept in ``cache`` if given."""
+    out = []
+    for bound in bounds.tolist():
+        prefix = None if cache is None else cache.get((kind, bound))
+        if prefix is None:
+            rows = features(bound)
+            prefix = torch.cat([torch.zeros((1, rows.shape[1]), dtype=torch.float64), rows.cumsum(0)])
+            if cache is not None:
+                cache[(kind, bound)] = prefix
+        out.append(prefix)
+    return out
+
+
 def _deletion_sums(
-    sources: list[torch.Tensor], bounds: np.ndarray, deleted: np.ndarray, n: int, blend: torch.Tensor
+    prefix: list[torch.Tensor], bounds: np.ndarray, deleted: np.ndarray, n: int, blend: torch.Tensor
 ) -> torch.Tensor:
     """Per deletion, the sum over its positions of the anchors' features as the module description combines them.
 
-    ``sources[k]``: per-position features of the deletion at ``bounds[k]`` (the last: the original cell); ``blend``:
-    prefix sums of the positions' blend weights.
+    ``prefix[k]``: prefix sums of the per-position features of the deletion at ``bounds[k]`` (the last: the original
+    cell); ``blend``: prefix sums of the positions' blend weights.
     """
-    zero = torch.zeros((1, sources[0].shape[1]), dtype=torch.float64)
-    prefix = [torch.cat([zero, f.cumsum(0)]) for f in sources]  # prefix[k][p]: sum of rows < p
-    sums = torch.empty((len(deleted), sources[0].shape[1]), dtype=torch.float64)
+    sums = torch.empty((len(deleted), prefix[0].shape[1]), dtype=torch.float64)
     deleted_t = torch.as_tensor(deleted, dtype=torch.long)
     segment = np.searchsorted(bounds, deleted, side="right") - 1
     for k in np.unique(segment):
@@ -233,16 +252,14 @@ def _deletion_sums(
 
 
 def _overexpression_sums(
-    sources: list[torch.Tensor], bounds: np.ndarray, moved: np.ndarray, n: int, blend: torch.Tensor
+    prefix: list[torch.Tensor], bounds: np.ndarray, moved: np.ndarray, n: int, blend: torch.Tensor
 ) -> torch.Tensor:
     """Per move to the top, the sum over its positions of the anchors' features (see ``estimate_overexpressions``).
 
-    ``sources[k]``: per-position features of the move at ``bounds[k]`` (the first: the original cell), zero at the
-    top gene position, which the caller estimates; ``blend``: prefix sums of the positions' blend weights.
+    ``prefix[k]``: prefix sums of the per-position features of the move at ``bounds[k]`` (the first: the original
+    cell), zero at the top gene position, which the caller estimates; ``blend``: prefix sums of the blend weights.
     """
-    zero = torch.zeros((1, sources[0].shape[1]), dtype=torch.float64)
-    prefix = [torch.cat([zero, f.cumsum(0)]) for f in sources]  # prefix[k][p]: sum of rows < p
-    sums = torch.empty((len(moved), sources[0].shape[1]), dtype=torch.float64)
+    sums = torch.empty((len(moved), prefix[0].shape[1]), dtype=torch.float64)
     moved_t = torch.as_tensor(moved, dtype=torch.long)
     segment = np.searchsorted(bounds, moved, side="left") - 1  # a < i <= b
     for k in np.unique(segment):

@@ -55,7 +55,7 @@ def perturb(
     cell_cosine: Literal["pooled", "gene_mean"] = "pooled",
     gene_shifts: bool = False,
     screen: Literal["exact", "two_stage"] = "exact",
-    n_confirm: int = 60,
+    n_confirm: int | float = 60,
     n_confirm_genes: int = 20,
     states: GoalStates | Mapping | None = None,
     state_embeddings: pd.DataFrame | Mapping | None = None,
@@ -139,7 +139,8 @@ def perturb(
         10× faster for cells of ~800 genes with the defaults; its speed and its recall of the exact screen's top
         genes are measured in the perturbation guide.
     n_confirm
-        Two-stage screens: exact perturbations per cell after its 16 anchors, chosen in rounds from the estimates.
+        Two-stage screens: exact perturbations per cell after its 16 anchors, chosen in rounds from the estimates;
+        a float in (0, 1) is a share of each cell's genes (e.g. ``0.06``: more for long cells).
     n_confirm_genes
         Two-stage screens: genes run exactly in all their cells (the strongest mean values over cells).
     states

@@ -73,7 +73,10 @@ def expected_rows(
     compared = np.maximum(np.asarray(perturbed_length, dtype=np.float64) - ends - not_compared, 0)
     exact = counts
     if two_stage is not None:
-        exact = np.minimum(counts, two_stage.n_anchors + two_stage.n_confirm + two_stage.n_confirm_genes)
+        rounds = two_stage.n_confirm
+        if isinstance(rounds, float):  # a share of each cell's genes
+            rounds = np.ceil(rounds * counts)
+        exact = np.minimum(counts, two_stage.n_anchors + rounds + two_stage.n_confirm_genes)
     cell_rows = int(round(float(np.sum(counts))))
     gene_rows = int(round(float(np.sum(exact * compared)))) if gene_shifts else 0
     return cell_rows, gene_rows, int(round(float(np.sum(exact))))

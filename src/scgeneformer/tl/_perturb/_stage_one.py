@@ -100,12 +100,12 @@ class StageOneRunner:
             for j, (cell, ids) in zip(part.tolist(), iter_sequences(self.info, self.selected[part]), strict=True)
         ]
         labels = {j: targets.labels for j, _, targets in cells}
-        runs_per_cell = 1 + self.screen.n_anchors + self.screen.n_confirm
-        bytes_per_token = 8 * module.config.hidden_size * runs_per_cell
         results, group, size = [], [], 0
         for item in cells:
             group.append(item)
-            size += len(item[2].original) * bytes_per_token
+            n = len(item[2].original)
+            runs = 1 + self.screen.n_anchors + self.screen.confirmations(n)
+            size += 2 * 8 * module.config.hidden_size * n * runs  # hidden states and their prefix sums, float64
             if size >= GROUP_BYTES:
                 results.append(self._run_group(module, group, progress))
                 group, size = [], 0
@@ -157,7 +157,8 @@ class _CellRounds:
         self.target_at = {int(p): t for t, p in enumerate(targets.positions) if p >= 0}
         self.anchors: dict[int, torch.Tensor] = {}  # position -> hidden states of its exact run
         self.runs: dict[int, tuple[int, int]] = {}  # the job's perturbation index -> (position, target index)
-        self.remaining = runner.screen.n_confirm
+        self.remaining = runner.screen.confirmations(len(self.movable))
+        self.cache: dict = {}  # prefix sums per exact run, which do not change between rounds
         self.values: tuple[np.ndarray, np.ndarray | None] | None = None  # estimates over ``movable``
 
     def first_runs(self) -> list[tuple[int, tuple[int, ...]]]:
@@ -202,6 +203,7 @@ class _CellRounds:
             runner.engine,
             runner.info.has_special_tokens,
             self.influence,
+            self.cache,
         )
 
     def next_runs(self) -> list[tuple[int, tuple[int, ...]]]:

@@ -46,26 +46,38 @@ class TwoStageScreen:
     ----------
     n_confirm
         Exact perturbations per cell after its anchors, chosen in rounds (its strongest by estimate, and new anchors
-        where the strong ones are).
+        where the strong ones are): a number, or a share of the cell's genes (a float in (0, 1)).
     n_confirm_genes
         Genes confirmed exactly in every cell that holds them: those with the strongest mean value over cells.
     n_anchors
         Exact anchor perturbations per cell that start stage 1.
     """
 
-    n_confirm: int = 60
+    n_confirm: int | float = 60
     n_confirm_genes: int = 20
     n_anchors: int | None = None  # default: N_ANCHORS
 
     def __post_init__(self) -> None:
         if self.n_anchors is None:
             object.__setattr__(self, "n_anchors", N_ANCHORS)
+        confirm = self.n_confirm
+        if isinstance(confirm, float) and not 0 < confirm < 1:
+            msg = f"n_confirm must be an integer >= 0 or a share of each cell's genes in (0, 1), got {confirm!r}."
+            raise ValueError(msg)
         for name in ("n_confirm", "n_confirm_genes", "n_anchors"):
             value = getattr(self, name)
+            if name == "n_confirm" and isinstance(value, float):
+                continue
             minimum = 1 if name == "n_anchors" else 0
             if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
                 msg = f"{name} must be an integer >= {minimum}, got {value!r}."
                 raise ValueError(msg)
+
+    def confirmations(self, n_genes: int) -> int:
+        """Exact perturbations after the anchors for a cell of ``n_genes`` perturbable genes."""
+        if isinstance(self.n_confirm, float):
+            return int(np.ceil(self.n_confirm * n_genes))
+        return int(self.n_confirm)
 
     @staticmethod
     def check(spec: PerturbationSpec) -> None:
@@ -90,7 +102,7 @@ class TwoStageScreen:
     def to_params(self) -> dict:
         return {
             "method": "two_stage",
-            "n_confirm": int(self.n_confirm),
+            "n_confirm": self.n_confirm if isinstance(self.n_confirm, float) else int(self.n_confirm),
             "n_confirm_genes": int(self.n_confirm_genes),
             "n_anchors": int(self.n_anchors),
             "round": {"bisect": ROUND_BISECT, "confirm": ROUND_CONFIRM},
