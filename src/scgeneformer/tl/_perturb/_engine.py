@@ -90,6 +90,7 @@ class Chunk:
         return hidden, self.module.pool(hidden, ids, mask, self.spec.pooling)
 
     def bank_originals(self) -> None:
+        """Run every job's original once: its hidden states (the bank) and its pooled embedding."""
         # the bank's row 0 is the zero vector the ZERO sources point to
         lengths = np.array([len(job.original) for job in self.jobs])
         self.offsets = np.concatenate([[1], 1 + np.cumsum(lengths)[:-1]])
@@ -112,6 +113,7 @@ class Chunk:
         )
 
     def run(self) -> ChunkResult:
+        """Run every perturbation of the chunk and return the results."""
         self.bank_originals()
         # single-gene deletions of a cell share their first layer; everything else runs longest first
         shared = {j for j, job in enumerate(self.jobs) if self._shares_first_layer(job)}
@@ -199,6 +201,7 @@ class Chunk:
             self.progress.update(len(batch_items))
 
     def result(self) -> ChunkResult:
+        """Everything compared so far, as flat arrays."""
         out = self.out
         result = ChunkResult(
             job=self.indices[np.concatenate(out["job"])] if out["job"] else np.empty(0, dtype=np.int64),

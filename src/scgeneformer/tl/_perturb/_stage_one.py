@@ -183,6 +183,7 @@ class _CellRounds:
         self.runs[k] = (position, target)
 
     def finished(self, k: int, hidden: torch.Tensor) -> None:
+        """Keep the hidden states of the finished run ``k`` as an anchor (inserted genes and the top one are not)."""
         position, _ = self.runs[k]
         if position in self.movable_set:
             self.anchors[position] = hidden
