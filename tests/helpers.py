@@ -221,3 +221,28 @@ def write_vocabulary_folder(folder: Path, vocab: Vocabulary) -> Path:
     for role, content in names.items():
         (folder / f"{role}_{corpus}.pkl").write_bytes(pickle.dumps(content))
     return folder
+
+
+def cli_status(args: list[str]) -> int:
+    """Run ``scgeneformer`` with ``args`` in this process; its exit status."""
+    from scgeneformer.cli import main
+
+    try:
+        main(args)
+    except SystemExit as e:
+        return e.code or 0
+    return 0
+
+
+def labelled_classifier(vocab: Vocabulary, n_obs: int = 24, n_vars: int = 120):
+    """Encoded counts with two cell types ("B", "T") set up for training, and a tiny untrained model on them."""
+    import pandas as pd
+    import torch
+
+    import scgeneformer as sgf
+
+    adata = encoded_counts(vocab, n_obs, n_vars)
+    adata.obs["cell_type"] = pd.Categorical(np.array(["B", "T"])[np.arange(n_obs) % 2])
+    sgf.GeneformerModel.setup_anndata(adata, labels_key="cell_type")
+    torch.manual_seed(0)
+    return adata, sgf.GeneformerModel(adata, bert_config=tiny_bert_config(vocab), vocabulary=vocab.version)

@@ -6,10 +6,9 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 import torch
-from helpers import encoded_counts, make_vocabulary, tiny_bert_config
+from helpers import cli_status, encoded_counts, make_vocabulary, tiny_bert_config
 
 import scgeneformer as sgf
-from scgeneformer.cli import main
 
 
 def labelled_file(tmp_path, vocab) -> tuple:
@@ -31,20 +30,12 @@ def labelled_file(tmp_path, vocab) -> tuple:
     return path, tmp_path / "base"
 
 
-def run(args: list[str]) -> int:
-    try:
-        main(args)
-    except SystemExit as e:
-        return e.code or 0
-    return 0
-
-
 def test_train_then_annotate_through_the_command_line(tmp_path, capsys):
     vocab = make_vocabulary("V2")
     path, base = labelled_file(tmp_path, vocab)
     folder = tmp_path / "classifier"
     args = ["train", str(path), "-o", str(folder), "-m", str(base), "--label", "cell_type", "--epochs", "3"]
-    code = run([*args, "--learning-rate", "3e-3", "--accelerator", "cpu", "--batch-size", "8", "--no-progress"])
+    code = cli_status([*args, "--learning-rate", "3e-3", "--accelerator", "cpu", "--batch-size", "8", "--no-progress"])
     err = capsys.readouterr().err
     assert code == 0, err
     assert "accuracy" in err and f"wrote {folder}" in err
@@ -52,7 +43,8 @@ def test_train_then_annotate_through_the_command_line(tmp_path, capsys):
     assert sgf.model.read_model_card(folder)["classes"] == ["A", "B"]
 
     out = tmp_path / "annotated.h5ad"
-    assert run(["annotate", str(path), "-o", str(out), "-m", str(folder), "--accelerator", "cpu", "--no-progress"]) == 0
+    annotate = ["annotate", str(path), "-o", str(out), "-m", str(folder), "--accelerator", "cpu", "--no-progress"]
+    assert cli_status(annotate) == 0
     annotated = ad.read_h5ad(out)
     labels = annotated.obs["geneformer_label"]
     assert set(labels.cat.categories) == {"A", "B"} and labels.notna().all()
@@ -74,7 +66,7 @@ def test_train_refuses_bad_options_before_any_work(tmp_path, capsys, extra, mess
     path, base = labelled_file(tmp_path, vocab)
     folder = tmp_path / "classifier"
     capsys.readouterr()  # what preparing the file said
-    assert run(["train", str(path), "-o", str(folder), "-m", str(base), *extra]) == 1
+    assert cli_status(["train", str(path), "-o", str(folder), "-m", str(base), *extra]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err
     assert not folder.exists()
@@ -86,5 +78,5 @@ def test_train_output_must_be_a_folder(tmp_path, capsys):
     not_a_folder = tmp_path / "model.txt"
     not_a_folder.write_text("x")
     capsys.readouterr()
-    assert run(["train", str(path), "-o", str(not_a_folder), "-m", str(base), "--label", "cell_type"]) == 1
+    assert cli_status(["train", str(path), "-o", str(not_a_folder), "-m", str(base), "--label", "cell_type"]) == 1
     assert "--output" in capsys.readouterr().err and not_a_folder.read_text() == "x"

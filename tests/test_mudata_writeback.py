@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from helpers import fake_gene_id, make_counts, make_vocabulary, tiny_bert_config, tiny_model
+from helpers import fake_gene_id, labelled_classifier, make_counts, make_vocabulary, tiny_bert_config, tiny_model
 
 import scgeneformer as sgf
 
@@ -37,14 +37,7 @@ def vocab():
 @pytest.fixture(scope="module")
 def classifier(vocab):
     """A (barely) fine-tuned cell classifier: annotate needs a classification head, not accuracy."""
-    rna = make_counts(24, 120)
-    rna.obs["cell_type"] = pd.Categorical(np.array(["B", "T"])[np.arange(24) % 2])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        sgf.pp.rank_encode(rna, vocabulary=vocab)
-    sgf.GeneformerModel.setup_anndata(rna, labels_key="cell_type")
-    torch.manual_seed(0)
-    model = sgf.GeneformerModel(rna, bert_config=tiny_bert_config(vocab), vocabulary="V2")
+    _, model = labelled_classifier(vocab)
     model.train_classifier(max_epochs=1, **QUIET)
     return model
 

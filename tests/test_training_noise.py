@@ -1,12 +1,7 @@
 """Issue 22 item 6: fine-tuning prints no VAE metric names and no advertisements; the history keeps our metrics."""
 
-import warnings
-
-import numpy as np
-import pandas as pd
 import pytest
-import torch
-from helpers import make_counts, make_vocabulary, tiny_bert_config
+from helpers import labelled_classifier, make_vocabulary
 
 import scgeneformer as sgf
 
@@ -22,15 +17,7 @@ def verbosity():
 
 @pytest.mark.parametrize("level", ["warning", "info"])
 def test_fine_tuning_prints_only_about_the_run(level, verbosity, capfd):
-    vocab = make_vocabulary("V2")
-    adata = make_counts(24, 120)
-    adata.obs["cell_type"] = pd.Categorical(np.array(["B", "T"])[np.arange(24) % 2])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        sgf.pp.rank_encode(adata, vocabulary=vocab)
-    sgf.GeneformerModel.setup_anndata(adata, labels_key="cell_type")
-    torch.manual_seed(0)
-    model = sgf.GeneformerModel(adata, bert_config=tiny_bert_config(vocab), vocabulary="V2")
+    _, model = labelled_classifier(make_vocabulary("V2"))
     sgf.settings.verbosity = level
     capfd.readouterr()
     model.train_classifier(max_epochs=2, execution={"accelerator": "cpu", "batch_size": 8})

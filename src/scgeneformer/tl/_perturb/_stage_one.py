@@ -100,20 +100,20 @@ class StageOneRunner:
             for j, (cell, ids) in zip(part.tolist(), iter_sequences(self.info, self.selected[part]), strict=True)
         ]
         labels = {j: targets.labels for j, _, targets in cells}
-        results, group, size = [], [], 0
+        pieces, group, size = [], [], 0
         for item in cells:
             group.append(item)
             n = len(item[2].original)
             runs = 1 + self.screen.n_anchors + self.screen.confirmations(n)
             size += 2 * 8 * module.config.hidden_size * n * runs  # hidden states and their prefix sums, float64
             if size >= GROUP_BYTES:
-                results.append(self._run_group(module, group, progress))
+                pieces.extend(self._run_group(module, group, progress))
                 group, size = [], 0
         if group:
-            results.append(self._run_group(module, group, progress))
-        return _concatenate(results, has_states=self.engine.states is not None), labels
+            pieces.extend(self._run_group(module, group, progress))
+        return _concatenate(pieces, has_states=self.engine.states is not None), labels
 
-    def _run_group(self, module, group: list[tuple[int, int, ScreenTargets]], progress) -> ChunkResult:
+    def _run_group(self, module, group: list[tuple[int, int, ScreenTargets]], progress) -> list[tuple]:
         """The rounds of a few cells, batched together; then each cell's estimates with its exact rows in place."""
         special = self.info.has_special_tokens
         chunk = Chunk(module, [(j, CellJob(cell, targets.original)) for j, cell, targets in group], self.engine, None)
@@ -139,7 +139,7 @@ class StageOneRunner:
         pieces = [cell.result(index, exact) for index, cell in zip(chunk.indices, rounds, strict=True)]
         if progress is not None:
             progress.update(sum(len(targets.labels) for _, _, targets in group))
-        return _concatenate(pieces, has_states=self.engine.states is not None)
+        return pieces
 
 
 class _CellRounds:
@@ -155,6 +155,7 @@ class _CellRounds:
         self.movable = np.arange(self.first if self.deletion else self.first + 1, self.end)
         self.movable_set = set(self.movable.tolist())
         self.target_at = {int(p): t for t, p in enumerate(targets.positions) if p >= 0}
+        self.is_target = np.isin(self.movable, list(self.target_at))  # per row of ``movable``
         self.anchors: dict[int, torch.Tensor] = {}  # position -> hidden states of its exact run
         self.runs: dict[int, tuple[int, int]] = {}  # the job's perturbation index -> (position, target index)
         self.remaining = runner.screen.confirmations(len(self.movable))
@@ -213,16 +214,13 @@ class _CellRounds:
         if self.remaining <= 0 or not len(self.movable):
             return []
         score = strength(*self.values, self.runner.goal_column)
-        index = self.movable - self.movable[0]  # position -> row of ``score``
-        is_target = np.zeros(len(self.movable), dtype=bool)
-        is_target[[p - self.movable[0] for p in self.target_at if p in self.movable_set]] = True
+        is_target = self.is_target
         exact = sorted(self.anchors)
         # gaps: from one exact run to the next; the original cell bounds the last (deletion) or first (overexpression)
         bounds = [*exact, self.end] if self.deletion else [self.first, *exact]
         gaps = []
         for low, high in zip(bounds[:-1], bounds[1:], strict=True):
-            inside = index[(self.movable >= low) & (self.movable <= high)]
-            inside = inside[is_target[inside]]
+            inside = np.flatnonzero((self.movable >= low) & (self.movable <= high) & is_target)
             if high - low > 1 and len(inside):
                 gaps.append((-float(score[inside].max()), low, (low + high) // 2))
         chosen = [int(mid) for _, _, mid in sorted(gaps)[:ROUND_BISECT]]
@@ -277,9 +275,7 @@ class _CellRounds:
 
 
 def _concatenate(pieces: list, *, has_states: bool) -> ChunkResult:
-    """One result from per-cell pieces ``(job, cosine, shifts, confirmed, genes)`` or from results of groups."""
-    if pieces and isinstance(pieces[0], ChunkResult):
-        return _join(pieces)
+    """One result from per-cell pieces ``(job, cosine, shifts, confirmed, genes)``."""
     empty = np.empty(0, dtype=np.int64)
     if not pieces:
         result = ChunkResult(empty, empty, np.empty(0), np.empty((0, 0)) if has_states else None)
@@ -292,28 +288,14 @@ def _concatenate(pieces: list, *, has_states: bool) -> ChunkResult:
         shifts=np.concatenate([s for _, _, s, _, _ in pieces]) if has_states else None,
     )
     result.confirmed = np.concatenate([f for _, _, _, f, _ in pieces])
-    with_genes = [(j, g) for j, _, _, _, g in pieces if g is not None]
-    if with_genes:
-        result.gene_job = np.concatenate([np.full(len(g[0]), j, dtype=np.int64) for j, g in with_genes])
-        result.gene_perturbation, result.gene_token, result.gene_position, result.gene_cosine = (
-            np.concatenate(parts) for parts in zip(*[g for _, g in with_genes], strict=True)
-        )
+    attach_gene_rows(result, [(j, g) for j, _, _, _, g in pieces if g is not None])
     return result
 
 
-def _join(results: list[ChunkResult]) -> ChunkResult:
-    """The results of several groups as one (gene rows where any group has them)."""
-    if len(results) == 1:
-        return results[0]
-    joined = ChunkResult(
-        job=np.concatenate([r.job for r in results]),
-        perturbation=np.concatenate([r.perturbation for r in results]),
-        cosine=np.concatenate([r.cosine for r in results]),
-        shifts=None if results[0].shifts is None else np.concatenate([r.shifts for r in results]),
-    )
-    joined.confirmed = np.concatenate([r.confirmed for r in results])
-    with_genes = [r for r in results if r.gene_job is not None]
-    if with_genes:
-        for name in ("gene_job", "gene_perturbation", "gene_token", "gene_position", "gene_cosine"):
-            setattr(joined, name, np.concatenate([getattr(r, name) for r in with_genes]))
-    return joined
+def attach_gene_rows(result: ChunkResult, genes: list[tuple[int, tuple[np.ndarray, ...]]]) -> None:
+    """Set ``result``'s gene rows from per-job ``(job, (perturbation, token, position, cosine))`` (none if empty)."""
+    if genes:
+        result.gene_job = np.concatenate([np.full(len(g[0]), j, dtype=np.int64) for j, g in genes])
+        result.gene_perturbation, result.gene_token, result.gene_position, result.gene_cosine = (
+            np.concatenate(parts) for parts in zip(*[g for _, g in genes], strict=True)
+        )

@@ -23,7 +23,7 @@ from ._distributed import run_distributed
 from ._engine import ChunkResult, run_chunk
 from ._jobs import iter_sequences, screen_targets, targets_job
 from ._running import run_here
-from ._stage_one import ROUND_BISECT, ROUND_CONFIRM, StageOneRunner, strength
+from ._stage_one import ROUND_BISECT, ROUND_CONFIRM, StageOneRunner, attach_gene_rows, strength
 
 if TYPE_CHECKING:
     import torch
@@ -268,11 +268,7 @@ class ConfirmRunner:
                     perturbation = self._job_index(exact.gene_job[at], exact.gene_perturbation[at])
                     genes.append((int(j), (perturbation, exact.gene_token[at], exact.gene_position[at],
                                            exact.gene_cosine[at])))  # fmt: skip
-        if genes:
-            result.gene_job = np.concatenate([np.full(len(g[0]), j, dtype=np.int64) for j, g in genes])
-            result.gene_perturbation, result.gene_token, result.gene_position, result.gene_cosine = (
-                np.concatenate(parts) for parts in zip(*[g for _, g in genes], strict=True)
-            )
+        attach_gene_rows(result, genes)
         return result
 
     def _job_index(self, jobs: np.ndarray, candidate_index: np.ndarray) -> np.ndarray:
